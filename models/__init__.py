@@ -1,0 +1,1 @@
+"""SkySense architecture in PyTorch: encoders, fusion, heads, registry and checkpoint loading."""
