@@ -1,0 +1,20 @@
+"""Shared fixtures: the real sample data folder (never copied into the repo)."""
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SKYSENSE_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """../shared/data; tests that need real data fail loudly if it is missing."""
+    assert DATA.is_dir(), f"real sample data not found at {DATA} (set SKYSENSE_DATA)"
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
