@@ -1,0 +1,366 @@
+"""The one tiled, batched, streaming inference engine (land cover, change, damage, temporal).
+
+Three stages overlap: a reader thread reads one row strip of every aligned input (one GDAL call per
+input per strip), cuts it into reflect-padded, normalised tiles and queues batches; the calling
+thread runs the predictor and blends probabilities; a writer thread encodes finished rows into the
+output GeoTIFF. Probabilities are only held for the tiles in flight plus two carry bands (the
+overlap below the current tile row, the overlap right of the current batch), so memory does not
+depend on the raster height and grows only by `overlap` rows with its width.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from rasterio.windows import Window
+
+from backend.errors import CancelledError, InputError, OutputError
+from backend.io.aoi import aoi_mask, aoi_window, parse_aoi
+from backend.io.atomic import AtomicOutputs
+from backend.io.raster import Grid, open_aligned
+from backend.io.tiling import TileLayout, blend_weights, pad_to, plan_tiles
+from backend.io.writer import StripWriter, class_colormap
+from backend.progress import Progress
+
+__all__ = ["EngineInput", "EngineResult", "run_inference", "output_nodata", "normalise_classes"]
+
+
+@dataclass
+class EngineInput:
+    """One aligned input: its raster, 1-based bands, and normalisation in the raster's units."""
+
+    path: str
+    bands: Optional[Sequence[int]] = None
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    expected_bands: Optional[int] = None
+
+
+@dataclass
+class EngineResult:
+    path: Path                          # final path of the class raster
+    written_path: Path                  # where it is now (a temporary path until the caller commits)
+    confidence_path: Optional[Path]
+    confidence_written_path: Optional[Path]
+    grid: Grid                          # output grid (the processed window of the reference grid)
+    window: Window                      # processed window in the reference raster's grid
+    device: str
+    tiles: int
+    seconds: float
+    class_counts: dict = field(default_factory=dict)   # class value -> pixel count
+    valid_pixels: int = 0
+    nodata: int = 0
+
+    @property
+    def megapixels(self) -> float:
+        return self.grid.width * self.grid.height / 1e6
+
+
+def normalise_classes(classes) -> list:
+    """Accept [{"value", "name", "color"}, ...] or plain values; return the dict form."""
+    out = []
+    for k, c in enumerate(classes):
+        if isinstance(c, dict):
+            out.append({"value": int(c["value"]), "name": str(c.get("name", f"class {c['value']}")),
+                        "color": c.get("color", "#808080")})
+        else:
+            out.append({"value": int(c), "name": f"class {int(c)}", "color": "#808080"})
+    values = [c["value"] for c in out]
+    if not out or len(set(values)) != len(values) or min(values) < 0 or max(values) > 254:
+        raise InputError(f"class values must be distinct integers 0..254, got {values}")
+    return out
+
+
+def output_nodata(classes: Sequence[dict]) -> int:
+    """0 unless a class uses it, then 255."""
+    return 0 if all(c["value"] != 0 for c in classes) else 255
+
+
+class _Stop(Exception):
+    pass
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stop()
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+class _Reader(threading.Thread):
+    """Reads row strips and queues ("strip", i, valid) then ("batch", i, cols, arrays) items."""
+
+    def __init__(self, sources, specs, layout: TileLayout, window: Window, grid: Grid, aoi, batch_size: int,
+                 out: queue.Queue, stop: threading.Event):
+        super().__init__(name="skysense-reader", daemon=True)
+        self.sources, self.layout, self.window, self.grid, self.aoi = sources, layout, window, grid, aoi
+        self.batch_size, self.out, self.stop = batch_size, out, stop
+        self.norm = []
+        for src, spec in zip(sources, specs):
+            mean = np.zeros(src.count, np.float32) if spec.mean is None else np.asarray(spec.mean, np.float32)
+            std = np.ones(src.count, np.float32) if spec.std is None else np.asarray(spec.std, np.float32)
+            if mean.shape != (src.count,) or std.shape != (src.count,) or (std <= 0).any():
+                raise InputError(f"normalisation for {src.path} must give {src.count} means and positive stds")
+            self.norm.append((mean[:, None, None], (1.0 / std)[:, None, None]))
+
+    def run(self) -> None:
+        try:
+            L = self.layout
+            col_batches = _split(L.cols, self.batch_size)
+            for i in range(L.rows):
+                row0 = i * L.stride
+                h = min(L.tile, L.height - row0)
+                strip = Window(self.window.col_off, self.window.row_off + row0, self.window.width, h)
+                datas, valid = [], np.ones((h, L.width), bool)
+                for src in self.sources:
+                    data, ok = src.read(strip)
+                    datas.append(data)
+                    valid &= ok
+                inside = aoi_mask(self.grid, self.aoi, strip)
+                if inside is not None:
+                    valid &= inside
+                _put(self.out, ("strip", i, valid), self.stop)
+                for cols in col_batches:
+                    arrays = []
+                    for data, (mean, inv_std) in zip(datas, self.norm):
+                        batch = np.empty((len(cols), data.shape[0], L.tile, L.tile), np.float32)
+                        for b, j in enumerate(cols):
+                            c0 = j * L.stride
+                            c1 = min(c0 + L.tile, L.width)
+                            tile = (data[:, :, c0:c1].astype(np.float32) - mean) * inv_std
+                            tile[:, ~valid[:, c0:c1]] = 0.0  # nodata pixels look like the mean
+                            batch[b] = pad_to(tile, L.tile, L.tile)
+                        arrays.append(batch)
+                    _put(self.out, ("batch", i, cols, arrays), self.stop)
+            _put(self.out, ("end",), self.stop)
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            try:
+                _put(self.out, ("error", exc), self.stop)
+            except _Stop:
+                pass
+
+
+class _Writer(threading.Thread):
+    """Writes finished row strips; keeps the first error for the main thread."""
+
+    def __init__(self, writers: list, stop: threading.Event, nodata: int):
+        super().__init__(name="skysense-writer", daemon=True)
+        self.writers, self.stop, self.nodata = writers, stop, nodata
+        self.q: queue.Queue = queue.Queue(maxsize=3)
+        self.error: Optional[BaseException] = None
+        self.counts = np.zeros(256, np.int64)
+
+    def run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                labels = item[0]
+                self.counts += np.bincount(labels.ravel(), minlength=256)
+                for writer, rows in zip(self.writers, item):
+                    writer.write(rows)
+            except BaseException as exc:
+                self.error = exc
+                self.stop.set()
+
+    def submit(self, item) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(item)
+
+
+def _split(n: int, size: int) -> list:
+    """Split range(n) into ceil(n/size) consecutive, nearly equal chunks."""
+    parts = max(1, math.ceil(n / max(1, size)))
+    bounds = np.linspace(0, n, parts + 1).round().astype(int)
+    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_path, classes, *,
+                  tile_size: int = 512, overlap: int = 64, batch_size: int = 4, aoi: Optional[dict] = None,
+                  grid: Optional[Grid] = None, allow_pixel_grid: bool = False,
+                  confidence_path=None, progress: Optional[Progress] = None,
+                  outputs: Optional[AtomicOutputs] = None, size_multiple: int = 32, prefetch: int = 3,
+                  tags: Optional[dict] = None) -> EngineResult:
+    """Predict a class raster from N aligned inputs, tile by tile, streaming over row strips.
+
+    inputs: EngineInput per model input (1 for land cover, 2 for change/damage); all are read on
+      `grid` or, when None, on the first input's grid (others are reprojected on the fly).
+    predictor: callable(list of float32 [B, C_i, T, T]) -> float32 probabilities [B, K, T, T]
+      (see backend.inference.predictors; wrap an nn.Module with TorchPredictor / as_predictor).
+    classes: K class dicts {"value", "name", "color"}; probability channel k is written as value k.
+    aoi: {"geometry": GeoJSON, "crs": ...}; the output covers the AOI's bounding window, pixels outside
+      the polygon are nodata. Input nodata (masks, nodata value, alpha) becomes output nodata.
+    confidence_path: also write max probability as uint8 percent (0..100, nodata 255).
+    outputs: an AtomicOutputs to write into (the caller commits it together with other files);
+      without it the engine commits its own files at the end.
+    Raises InputError (bad inputs), OutputError (write failure: previous files untouched),
+    CancelledError (progress cancelled: no output left behind).
+    """
+    progress = progress or Progress()
+    classes = normalise_classes(classes)
+    nodata = output_nodata(classes)
+    lut = np.array([c["value"] for c in classes], np.uint8)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    output_path = Path(output_path)
+    own_outputs = outputs is None
+    started = time.perf_counter()
+
+    specs = [{"path": s.path, "bands": s.bands, "expected_bands": s.expected_bands} for s in inputs]
+    sources = open_aligned(specs, grid=grid, allow_pixel_grid=allow_pixel_grid)
+    stop = threading.Event()
+    reader = writer_thread = None
+    writers: list = []
+    try:
+        ref = sources[0].grid
+        aoi_geom = parse_aoi(aoi, ref)
+        window = aoi_window(ref, aoi_geom, name=str(sources[0].path))
+        out_grid = ref.subgrid(window)
+        layout = plan_tiles(out_grid.height, out_grid.width, tile_size, overlap, size_multiple)
+        if outputs is None:
+            outputs = AtomicOutputs(output_path.parent)
+        class_tags = {"skysense_classes": str([(c["value"], c["name"]) for c in classes])}
+        class_tags.update(tags or {})
+        writers.append(StripWriter(outputs.path_for(output_path), out_grid, nodata=nodata,
+                                   colormap=class_colormap(classes, nodata), descriptions=["class"],
+                                   tags=class_tags, final_name=output_path))
+        conf_tmp = None
+        if confidence_path is not None:
+            confidence_path = Path(confidence_path)
+            conf_tmp = outputs.path_for(confidence_path)
+            writers.append(StripWriter(conf_tmp, out_grid, nodata=255, descriptions=["confidence_percent"],
+                                       final_name=confidence_path))
+        read_q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        reader = _Reader(sources, inputs, layout, window, ref, aoi_geom, batch_size, read_q, stop)
+        writer_thread = _Writer(writers, stop, nodata)
+        reader.start()
+        writer_thread.start()
+        device = getattr(predictor, "device", "cpu")
+        progress.update(0.0, f"predicting {layout.n_tiles} tiles of {layout.tile} px on {device}")
+
+        _stream(layout, predictor, lut, nodata, len(classes), read_q, writer_thread, progress,
+                with_confidence=confidence_path is not None)
+
+        writer_thread.q.put(None)
+        writer_thread.join()
+        if writer_thread.error is not None:
+            raise writer_thread.error
+        for w in writers:
+            w.close()
+        if own_outputs:
+            outputs.commit()
+        counts = writer_thread.counts
+        return EngineResult(
+            path=output_path, written_path=output_path if own_outputs else outputs.path_for(output_path),
+            confidence_path=confidence_path,
+            confidence_written_path=(confidence_path if own_outputs else conf_tmp) if confidence_path else None,
+            grid=out_grid, window=window, device=device, tiles=layout.n_tiles,
+            seconds=time.perf_counter() - started,
+            class_counts={int(c["value"]): int(counts[c["value"]]) for c in classes},
+            valid_pixels=int(counts.sum() - counts[nodata]), nodata=nodata)
+    except BaseException as exc:
+        stop.set()
+        if writer_thread is not None and writer_thread.is_alive():
+            writer_thread.q.put(None)
+            writer_thread.join(timeout=30)
+        for w in writers:
+            w.discard()
+        if own_outputs and outputs is not None:
+            outputs.abort()
+        if isinstance(exc, (InputError, OutputError, CancelledError)):
+            raise
+        if isinstance(exc, MemoryError):
+            raise OutputError("out of memory: lower tile_size or batch_size") from None
+        raise
+    finally:
+        stop.set()
+        if reader is not None:
+            reader.join(timeout=30)
+        for src in sources:
+            src.close()
+
+
+def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read_q: queue.Queue,
+            writer: _Writer, progress: Progress, with_confidence: bool) -> None:
+    """Consume batches in order, blend with carries, hand finished row strips to the writer."""
+    T, O, S, W = L.tile, L.overlap, L.stride, L.width
+    weights = blend_weights(T, O)
+    top = np.zeros((K + 1, O, L.padded_width), np.float32) if O else None
+    done = 0
+    valid = None
+    row_i = -1
+    left = None
+    labels = conf = new_top = None
+    while True:
+        item = read_q.get()
+        kind = item[0]
+        if kind == "error":
+            raise item[1]
+        if kind == "end":
+            return
+        if kind == "strip":
+            row_i, valid = item[1], item[2]
+            last_row = row_i == L.rows - 1
+            rows_out = min(T if last_row else S, L.height - row_i * S)
+            labels = np.full((rows_out, W), nodata, np.uint8)
+            conf = np.full((rows_out, W), 255, np.uint8) if with_confidence else None
+            new_top = np.zeros_like(top) if (top is not None and not last_row) else None
+            left = None
+            continue
+        _, i, cols, arrays = item
+        probs = np.asarray(predictor(arrays), dtype=np.float32)
+        if probs.ndim != 4 or probs.shape[0] != len(cols) or probs.shape[2:] != (T, T):
+            raise InputError(f"the model returned shape {tuple(probs.shape)}, expected ({len(cols)}, K, {T}, {T})")
+        if probs.shape[1] != K:
+            raise InputError(f"the model predicts {probs.shape[1]} classes but {K} class names were given")
+        ja, jb = cols[0], cols[-1]
+        x0, x1 = ja * S, jb * S + T
+        local = np.zeros((K + 1, T, x1 - x0), np.float32)
+        if left is not None:
+            local[:, :, :O] += left
+        for b, j in enumerate(cols):
+            off = (j - ja) * S
+            local[:K, :, off:off + T] += probs[b] * weights
+            local[K, :, off:off + T] += weights
+        last_col = jb == L.cols - 1
+        fc1 = x1 if last_col else (jb + 1) * S
+        block = local[:, :, :fc1 - x0]
+        if top is not None and i > 0:
+            block[:, :O] += top[:, :, x0:fc1]
+        if new_top is not None:
+            new_top[:, :, x0:fc1] = block[:, S:S + O]
+        left = None if last_col or not O else local[:, :, fc1 - x0:fc1 - x0 + O].copy()
+        c1 = min(fc1, W)
+        if c1 > x0:
+            rows_out = labels.shape[0]
+            region = block[:, :rows_out, :c1 - x0]
+            blended = region[:K] / region[K]
+            labels[:, x0:c1] = lut[np.argmax(blended, axis=0)]
+            if conf is not None:
+                conf[:, x0:c1] = np.rint(blended.max(axis=0) * 100).astype(np.uint8)
+        done += len(cols)
+        if last_col:
+            if new_top is not None:
+                top = new_top
+            invalid = ~valid[:labels.shape[0]]
+            labels[invalid] = nodata
+            if conf is not None:
+                conf[invalid] = 255
+            writer.submit((labels, conf) if conf is not None else (labels,))
+        progress.update(done / L.n_tiles, f"tile {done}/{L.n_tiles}")

@@ -1,0 +1,105 @@
+"""Regular tile grid with overlap, blending weights, and edge padding.
+
+Tiles sit at multiples of the stride (tile_size - overlap) from the processed window's origin;
+the last row/column of tiles may reach past the raster edge, and is filled by reflecting the
+image, then cropped after prediction. With a regular stride every pixel is covered by at most
+two tiles per axis, which lets the engine stream with small carry buffers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from backend.errors import InputError
+
+__all__ = ["TileLayout", "plan_tiles", "blend_weights", "pad_to"]
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Tile grid over a height x width window."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    @property
+    def rows(self) -> int:
+        return _count(self.height, self.tile, self.stride)
+
+    @property
+    def cols(self) -> int:
+        return _count(self.width, self.tile, self.stride)
+
+    @property
+    def n_tiles(self) -> int:
+        return self.rows * self.cols
+
+    def tile_origin(self, i: int, j: int) -> tuple:
+        """(row, col) of tile (i, j)'s top-left pixel, relative to the window."""
+        return i * self.stride, j * self.stride
+
+    @property
+    def padded_width(self) -> int:
+        return (self.cols - 1) * self.stride + self.tile
+
+
+def _count(length: int, tile: int, stride: int) -> int:
+    return 1 if length <= tile else 1 + math.ceil((length - tile) / stride)
+
+
+def plan_tiles(height: int, width: int, tile_size: int, overlap: int, multiple: int = 32) -> TileLayout:
+    """Checked tile layout. A window smaller than the tile gets one tile shrunk to fit (rounded up to
+    `multiple`, which the models need), so small images are not padded to a large tile."""
+    if tile_size < multiple or tile_size % multiple:
+        raise InputError(f"tile_size must be a multiple of {multiple} and at least {multiple}, got {tile_size}")
+    if overlap < 0 or 2 * overlap > tile_size:
+        raise InputError(f"overlap must be between 0 and half the tile size ({tile_size // 2}), got {overlap}")
+    if height < 1 or width < 1:
+        raise InputError("nothing to process: the window is empty")
+    fit = multiple * math.ceil(max(height, width) / multiple)
+    if fit < tile_size:
+        tile_size = fit
+        overlap = min(overlap, tile_size // 2) if max(height, width) > tile_size else 0
+    return TileLayout(int(height), int(width), int(tile_size), int(overlap))
+
+
+@lru_cache(maxsize=8)
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """float32 [tile, tile] weights: 1 in the centre, a linear ramp down to 1/(overlap+1) across the
+    overlap margins. Accumulating prob*weight and dividing by the summed weight hides tile seams:
+    each tile's least reliable border pixels count least. Never zero, so raster-edge pixels that
+    only one tile covers are still defined."""
+    profile = np.ones(tile, dtype=np.float32)
+    if overlap > 0:
+        ramp = (np.arange(overlap, dtype=np.float32) + 1.0) / (overlap + 1.0)
+        profile[:overlap] = ramp
+        profile[-overlap:] = ramp[::-1]
+    weights = np.outer(profile, profile)
+    weights.setflags(write=False)
+    return weights
+
+
+def pad_to(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad [..., h, w] to [..., height, width] at the bottom/right by reflection (edge tiles).
+
+    Reflection needs pad < size; for tiny slivers it falls back to symmetric, then edge padding."""
+    h, w = arr.shape[-2:]
+    if h == height and w == width:
+        return arr
+    pads = [(0, 0)] * (arr.ndim - 2) + [(0, height - h), (0, width - w)]
+    if height - h < h and width - w < w:
+        mode = "reflect"
+    elif height - h <= h and width - w <= w:
+        mode = "symmetric"
+    else:
+        mode = "edge"
+    return np.pad(arr, pads, mode=mode)

@@ -1,0 +1,136 @@
+"""Streaming GeoTIFF writer for class rasters: tiled (512), compressed, written row strip by row strip
+in whole block rows (each compressed block is written once), with colour table and overviews."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
+
+from backend.errors import OutputError
+from backend.io.atomic import describe_os_error
+from backend.io.raster import Grid
+
+__all__ = ["StripWriter", "hex_to_rgba", "class_colormap"]
+
+BLOCK = 512
+
+
+def hex_to_rgba(color: str, alpha: int = 255) -> tuple:
+    text = str(color).lstrip("#")
+    if len(text) not in (6, 8):
+        raise ValueError(f"not a #rrggbb colour: {color!r}")
+    r, g, b = (int(text[k:k + 2], 16) for k in (0, 2, 4))
+    a = int(text[6:8], 16) if len(text) == 8 else alpha
+    return r, g, b, a
+
+
+def class_colormap(classes: Sequence[dict], nodata: Optional[int]) -> dict:
+    cmap = {int(c["value"]): hex_to_rgba(c.get("color", "#808080")) for c in classes}
+    if nodata is not None and nodata not in cmap:
+        cmap[int(nodata)] = (0, 0, 0, 0)
+    return cmap
+
+
+class StripWriter:
+    """Write an image top to bottom: `write(rows[count, h, width])` appends h rows.
+
+    Rows are buffered until a whole 512-row block row is available, so every compressed tile is
+    encoded once. `path` should be a temporary name (see AtomicOutputs); `final_name` is only used
+    in error messages. Any GDAL/OS failure becomes OutputError naming the file.
+    """
+
+    def __init__(self, path, grid: Grid, count: int = 1, dtype="uint8", nodata=None,
+                 compress: str = "deflate", colormap: Optional[dict] = None,
+                 descriptions: Optional[Sequence[str]] = None, tags: Optional[dict] = None,
+                 final_name=None, overviews: bool = True):
+        self.path = Path(path)
+        self.final_name = Path(final_name or path)
+        self.grid, self.count, self.dtype = grid, count, np.dtype(dtype)
+        self.nodata, self.colormap, self.overviews = nodata, colormap, overviews
+        self.rows_written = 0
+        self._pending: list = []
+        self._pending_rows = 0
+        profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=self.dtype.name,
+                       crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True,
+                       blockxsize=BLOCK, blockysize=BLOCK, compress=compress, BIGTIFF="IF_SAFER")
+        if compress.lower() in ("deflate", "lzw"):
+            profile["predictor"] = 1 if self.dtype.kind in "ui" else 3
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(self.path, "w", **profile)
+            if descriptions:
+                for band, text in enumerate(descriptions, start=1):
+                    self._ds.set_band_description(band, text)
+            if tags:
+                self._ds.update_tags(**{k: str(v) for k, v in tags.items()})
+            if colormap and count == 1:
+                self._ds.write_colormap(1, colormap)
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: BaseException) -> OutputError:
+        return OutputError(f"could not write {self.final_name}: {describe_os_error(exc)}")
+
+    def write(self, rows: np.ndarray) -> None:
+        if rows.ndim == 2:
+            rows = rows[None]
+        if rows.shape[0] != self.count or rows.shape[2] != self.grid.width:
+            raise ValueError(f"expected rows of shape ({self.count}, h, {self.grid.width}), got {rows.shape}")
+        self._pending.append(rows.astype(self.dtype, copy=False))
+        self._pending_rows += rows.shape[1]
+        end = self.rows_written + self._pending_rows
+        if end >= self.grid.height:
+            self._flush(self._pending_rows)
+        elif self._pending_rows >= BLOCK:
+            self._flush(self._pending_rows - self._pending_rows % BLOCK)
+
+    def _flush(self, n: int) -> None:
+        if n <= 0:
+            return
+        data = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
+        head, rest = data[:, :n], data[:, n:]
+        try:
+            window = rasterio.windows.Window(0, self.rows_written, self.grid.width, n)
+            self._ds.write(head, window=window)
+        except Exception as exc:
+            raise self._error(exc) from None
+        self.rows_written += n
+        self._pending = [rest] if rest.shape[1] else []
+        self._pending_rows = rest.shape[1]
+
+    def close(self) -> None:
+        """Flush, close, and add nearest-neighbour overviews (fast display of large outputs in QGIS)."""
+        if self._ds is None:
+            return
+        try:
+            self._flush(self._pending_rows)
+            if self.rows_written != self.grid.height:
+                raise OutputError(f"internal error: wrote {self.rows_written} of {self.grid.height} rows "
+                                  f"to {self.final_name}")
+            self._ds.close()
+            self._ds = None
+            if self.overviews and max(self.grid.width, self.grid.height) > 2 * BLOCK:
+                levels, size = [], max(self.grid.width, self.grid.height)
+                while size / (2 ** (len(levels) + 1)) >= 256:
+                    levels.append(2 ** (len(levels) + 1))
+                with rasterio.open(self.path, "r+") as ds:
+                    ds.build_overviews(levels, Resampling.nearest)
+        except OutputError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def discard(self) -> None:
+        """Close without caring about errors (the temporary file is removed by AtomicOutputs)."""
+        if self._ds is not None:
+            try:
+                self._ds.close()
+            except Exception:
+                pass
+            self._ds = None
