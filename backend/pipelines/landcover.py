@@ -1,0 +1,166 @@
+"""Land-cover mapping of high-resolution imagery: class raster + QML, polygons + QML, PNG preview.
+
+Params and result dict: docs/ARCHITECTURE.md (landcover job). With non-empty "s2"/"s1" series the
+job is handed to the temporal pipeline (HR + Sentinel time series fusion).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List
+
+from backend.errors import InputError
+from backend.inference.engine import EngineInput, normalise_classes, run_inference
+from backend.inference.predictors import TorchPredictor
+from backend.io.atomic import AtomicOutputs
+from backend.io.preview import write_preview
+from backend.io.style import raster_qml, vector_qml, write_qml
+from backend.io.vector import SHAPEFILE_SIDECARS, polygonize
+from backend.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = ROOT / "resources" / "models" / "landcover_loveda_tiny.pth"
+
+__all__ = ["run", "run_landcover", "load_segmentation_model", "DEFAULT_MODEL"]
+
+
+def load_segmentation_model(path) -> tuple:
+    """(model, meta) from a project model file of task "segmentation"; InputError otherwise."""
+    from models.checkpoint import CheckpointError, load_model_file
+
+    path = Path(path) if path else DEFAULT_MODEL
+    if not path.exists():
+        hint = " (train the default models with `make train-default`)" if path == DEFAULT_MODEL else ""
+        raise InputError(f"model file not found: {path}{hint}")
+    try:
+        model, meta = load_model_file(path)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    if meta.get("task") != "segmentation":
+        raise InputError(f"{path} is a {meta.get('task')!r} model; land cover needs a 'segmentation' model")
+    if not meta.get("classes"):
+        raise InputError(f"{path} lists no classes")
+    return model, meta
+
+
+def _check_name(name: str) -> str:
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.\- ]+", name) or name.startswith("."):
+        raise InputError(f"output name {name!r} must be a plain file name (letters, digits, _ - . space)")
+    return name
+
+
+def _int_param(params: dict, key: str, default: int, low: int) -> int:
+    value = params.get(key, default)
+    if value is None:
+        value = default
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{key} must be an integer, got {params.get(key)!r}") from None
+    if value < low:
+        raise InputError(f"{key} must be at least {low}, got {value}")
+    return value
+
+
+def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, Any]:
+    """Run a land-cover job; returns {"outputs", "classes", "metrics", "device"}.
+
+    Extra params beyond ARCHITECTURE.md: "shapefile": true (also write <name>.shp),
+    "confidence": true (also write <name>_confidence.tif, max probability in percent),
+    "allow_pixel_grid": true (accept ungeoreferenced images, processed on their pixel grid).
+    """
+    progress = progress or Progress()
+    if params.get("s2") or params.get("s1"):
+        from backend.pipelines.temporal import run_temporal_landcover
+        return run_temporal_landcover(params, progress)
+
+    hr = params.get("hr")
+    if isinstance(hr, (str, dict)):
+        hr = [hr]
+    if not hr:
+        raise InputError("no input raster: 'hr' must list at least one {'path': ...}")
+    hr = [{"path": h} if isinstance(h, str) else dict(h) for h in hr]
+    if any(not h.get("path") for h in hr):
+        raise InputError("every 'hr' entry needs a 'path'")
+    if not params.get("output_dir"):
+        raise InputError("'output_dir' is required")
+    output_dir = Path(params["output_dir"])
+    name = _check_name(str(params.get("name") or "landcover"))
+    tile_size = _int_param(params, "tile_size", 512, 32)
+    overlap = _int_param(params, "overlap", 64, 0)
+    batch_size = _int_param(params, "batch_size", 4, 1)
+    min_area = float(params.get("min_area") or 0.0)
+    simplify = float(params.get("simplify") or 0.0)
+    if min_area < 0 or simplify < 0:
+        raise InputError("min_area and simplify must not be negative")
+    vectorize = bool(params.get("vectorize", True))
+    shapefile = bool(params.get("shapefile")) or "shp" in [str(f).lower() for f in params.get("vector_formats") or []]
+
+    progress.update(0.0, "loading model")
+    model, meta = load_segmentation_model(params.get("model"))
+    classes = normalise_classes(meta["classes"])
+    model_bands = list((meta.get("bands") or {}).get("hr") or [])
+    norm = (meta.get("normalization") or {}).get("hr") or {}
+    n_bands = len(norm.get("mean") or model_bands) or None
+    predictor = TorchPredictor(model, device=params.get("device") or "auto")
+
+    outputs: List[dict] = []
+    metrics: Dict[str, Any] = {"tiles": 0, "seconds": 0.0, "megapixels": 0.0, "class_pixels": {},
+                               "class_area_m2": {}, "features": 0, "rasters": []}
+    share = 1.0 / len(hr)
+    with AtomicOutputs(output_dir) as atomic:
+        for k, entry in enumerate(hr):
+            stem = name if len(hr) == 1 else f"{name}_{_check_name(Path(entry['path']).stem)}"
+            part = progress.sub(k * share, (k + 1) * share)
+            tif = output_dir / f"{stem}.tif"
+            qml = output_dir / f"{stem}.qml"
+            confidence = output_dir / f"{stem}_confidence.tif" if params.get("confidence") else None
+            result = run_inference(
+                [EngineInput(entry["path"], bands=entry.get("bands") or model_bands or None,
+                             mean=norm.get("mean"), std=norm.get("std"), expected_bands=n_bands)],
+                predictor, tif, classes, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                aoi=params.get("aoi"), allow_pixel_grid=bool(params.get("allow_pixel_grid")),
+                confidence_path=confidence, progress=part.sub(0.0, 0.8), outputs=atomic,
+                tags={"skysense_model": str(params.get("model") or DEFAULT_MODEL)})
+            write_qml(atomic.path_for(qml), raster_qml(classes), final_name=qml)
+            outputs.append({"path": str(tif.resolve()), "kind": "raster", "role": "classes", "qml": str(qml.resolve())})
+            if confidence is not None:
+                outputs.append({"path": str(confidence.resolve()), "kind": "raster", "role": "confidence"})
+            if vectorize:
+                vqml = output_dir / f"{stem}_vector.qml"
+                write_qml(atomic.path_for(vqml), vector_qml(classes), final_name=vqml)
+                formats = [("GPKG", ".gpkg")] + ([("ESRI Shapefile", ".shp")] if shapefile else [])
+                for driver, suffix in formats:
+                    vec = output_dir / f"{stem}{suffix}"
+                    counts = polygonize(result.written_path, atomic.path_for(vec), classes, layer=stem,
+                                        driver=driver, min_area=min_area, simplify=simplify,
+                                        progress=part.sub(0.8, 0.95), final_name=vec)
+                    if suffix == ".shp":
+                        atomic.sidecars(vec, SHAPEFILE_SIDECARS)
+                    else:
+                        metrics["features"] += counts["features"]
+                    outputs.append({"path": str(vec.resolve()), "kind": "vector", "role": "polygons",
+                                    "layer": stem, "qml": str(vqml.resolve())})
+            png = output_dir / f"{stem}_preview.png"
+            write_preview(result.written_path, atomic.path_for(png), classes, final_name=png)
+            outputs.append({"path": str(png.resolve()), "kind": "image", "role": "preview"})
+            part.update(1.0, "outputs written")
+
+            pixel_area = result.grid.pixel_area_m2()
+            for c in classes:
+                pixels = result.class_counts.get(c["value"], 0)
+                metrics["class_pixels"][c["name"]] = metrics["class_pixels"].get(c["name"], 0) + pixels
+                if pixel_area is not None:
+                    metrics["class_area_m2"][c["name"]] = metrics["class_area_m2"].get(c["name"], 0.0) + pixels * pixel_area
+            metrics["tiles"] += result.tiles
+            metrics["seconds"] += result.seconds
+            metrics["megapixels"] += result.megapixels
+            metrics["rasters"].append({"input": str(entry["path"]), "width": result.grid.width,
+                                       "height": result.grid.height, "crs": result.grid.crs.to_string()
+                                       if result.grid.crs else None})
+        progress.update(1.0, "done")
+    metrics["megapixels_per_s"] = metrics["megapixels"] / metrics["seconds"] if metrics["seconds"] else None
+    return {"outputs": outputs, "classes": classes, "metrics": metrics, "device": predictor.device}
+
+
+run_landcover = run
