@@ -1,0 +1,42 @@
+"""'Damage assessment' section: pre/post rasters and optional building footprints."""
+from __future__ import annotations
+
+from typing import Optional
+
+from qgis.PyQt.QtWidgets import QPushButton, QVBoxLayout, QWidget
+
+from .. import job_params
+from .widgets import ModelChooser, device_combo, form, hint, layer_combo, spin
+
+
+class DamagePage(QWidget):
+    def __init__(self, canvas, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.pre_layer = layer_combo("raster")
+        self.post_layer = layer_combo("raster")
+        self.buildings = layer_combo("polygon", optional=True)
+        self.buildings.setToolTip("Building footprints: each building gets the damage class found inside it")
+        self.model = ModelChooser(["damage"])
+        self.tile_size = spin(512, 64, 4096, 32, " px")
+        self.device = device_combo()
+        self.run_button = QPushButton("Assess damage")
+        layout = QVBoxLayout(self)
+        layout.addWidget(hint("Buildings are classed no damage / minor / major / destroyed."))
+        box = QWidget()
+        f = form(box)
+        f.addRow("Before", self.pre_layer)
+        f.addRow("After", self.post_layer)
+        f.addRow("Buildings", self.buildings)
+        f.addRow("Model", self.model)
+        f.addRow("Tile size", self.tile_size)
+        f.addRow("Device", self.device)
+        layout.addWidget(box)
+        layout.addWidget(self.run_button)
+        layout.addStretch(1)
+
+    def params(self, output_dir: str, name: str) -> dict:
+        return job_params.damage_params(
+            self.pre_layer.currentLayer(), self.post_layer.currentLayer(), output_dir, name,
+            buildings=self.buildings.currentLayer(), model=self.model.model_path(),
+            tile_size=self.tile_size.value(), overlap=min(64, self.tile_size.value() // 4),
+            device=self.device.currentData())
