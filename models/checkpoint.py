@@ -144,6 +144,8 @@ class LoadReport:
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
     mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)   # known keys deliberately not loaded (e.g. mask_token)
+    adapted: List[str] = field(default_factory=list)   # loaded after a documented change (e.g. band count)
 
     @property
     def ok(self) -> bool:
@@ -156,6 +158,10 @@ class LoadReport:
             return ", ".join(items[:limit]) + more
 
         parts = [f"{len(self.loaded)} loaded"]
+        if self.adapted:
+            parts.append(f"{len(self.adapted)} adapted: {head(self.adapted)}")
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} ignored: {head(self.ignored)}")
         if self.missing:
             parts.append(f"{len(self.missing)} missing: {head(self.missing)}")
         if self.unexpected:
@@ -190,3 +196,128 @@ def load_state_dict_report(module: nn.Module, state: Mapping[str, torch.Tensor],
 
 def _on_meta(module: nn.Module) -> bool:
     return any(p.is_meta for p in module.parameters())
+
+
+# --------------------------------------------------------------------------- official SkySense weights
+
+OFFICIAL_SOURCES = ("hr", "s2", "s1", "fusion", "head_s2", "head_s1")
+# attribute of a task model that receives each source
+_TARGET_ATTR = {"hr": "backbone", "s2": "backbone_s2", "s1": "backbone_s1", "fusion": "fusion",
+                "head_s2": "head_s2", "head_s1": "head_s1"}
+# prefixes under which a combined checkpoint stores each part
+_SOURCE_PREFIXES = {"hr": ("backbone_hr.",), "s2": ("backbone_s2.",), "s1": ("backbone_s1.",),
+                    "fusion": ("fusion.", "necks."), "head_s2": ("head_s2.",), "head_s1": ("head_s1.",)}
+_GENERIC_PREFIXES = ("module.", "backbone.", "model.")
+
+
+def read_official_state(path: PathLike) -> Dict[str, torch.Tensor]:
+    """Flat ``{key: tensor}`` of an official file (unwraps ``state_dict`` / ``model`` nesting)."""
+    path = Path(path)
+    obj = read_checkpoint(path)
+    for _ in range(3):
+        if isinstance(obj, Mapping) and not _all_tensors(obj):
+            for wrapper in ("state_dict", "model", "module"):
+                if isinstance(obj.get(wrapper), Mapping):
+                    obj = obj[wrapper]
+                    break
+            else:
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: no state dict found (top level is {type(obj).__name__})")
+    if not _all_tensors(obj):
+        bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:3]
+        raise CheckpointError(f"{path}: not a weights file; non-tensor entries {bad}")
+    return dict(obj)
+
+
+def _all_tensors(obj: Mapping) -> bool:
+    return all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _select_source(state: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+    for prefix in _SOURCE_PREFIXES[source]:
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    for prefix in _GENERIC_PREFIXES:
+        keys = [k for k in state if k not in _ignorable_top_level()]
+        if keys and all(k.startswith(prefix) for k in keys):
+            state = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+    return state
+
+
+def _ignorable_top_level():
+    from .official_layout import IGNORED_OFFICIAL_KEYS
+    return IGNORED_OFFICIAL_KEYS + ("ctpe",)
+
+
+def load_official_weights(model: nn.Module, checkpoint: Union[PathLike, Mapping[str, torch.Tensor]],
+                          source: str = "hr", strict: bool = True) -> LoadReport:
+    """Load an official SkySense file into a task model or a bare encoder.
+
+    ``source``: ``"hr"`` (skysense_model_backbone_hr.pth, keys prefixed ``backbone.``),
+    ``"s2"`` / ``"s1"`` (backbone_s2/_s1, no prefix; the S2 file's ``ctpe`` calendar table goes
+    to ``model.ctpe`` when the model has one), ``"fusion"``, ``"head_s2"``, ``"head_s1"``.
+    ``checkpoint`` is a path or an already-loaded state dict. Pre-training leftovers
+    (``mask_token``) and recomputed buffers are reported as ignored; an HR patch embedding
+    for a different band count is adapted (RGB weights kept, extra bands get their mean,
+    rescaled so activations keep their magnitude). With ``strict`` any missing, unexpected or
+    mis-shaped key raises CheckpointError; otherwise the report lists them.
+    """
+    from .official_layout import IGNORED_OFFICIAL_KEYS, IGNORED_OFFICIAL_SUFFIXES
+
+    if source not in OFFICIAL_SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {OFFICIAL_SOURCES}")
+    name = str(checkpoint) if not isinstance(checkpoint, Mapping) else f"<{source} state dict>"
+    state = dict(checkpoint) if isinstance(checkpoint, Mapping) else read_official_state(checkpoint)
+    state = _select_source(state, source)
+    target = getattr(model, _TARGET_ATTR[source], None) if hasattr(model, "task") else model
+    if target is None:
+        raise CheckpointError(f"{name}: the model has no {_TARGET_ATTR[source]!r} part for source {source!r}")
+
+    ignored, adapted = [], []
+    if "ctpe" in state:
+        ctpe = state.pop("ctpe")
+        own = getattr(model, "ctpe", None)
+        if isinstance(own, torch.Tensor) and tuple(own.shape) == tuple(ctpe.shape):
+            _assign(model, "ctpe", ctpe)
+            adapted.append("ctpe")
+        else:
+            ignored.append("ctpe")
+    for key in list(state):
+        if key in IGNORED_OFFICIAL_KEYS or key.endswith(IGNORED_OFFICIAL_SUFFIXES):
+            state.pop(key)
+            ignored.append(key)
+    key = "patch_embed.projection.weight"
+    own_sd = target.state_dict(keep_vars=True)
+    if key in state and key in own_sd and state[key].shape != own_sd[key].shape \
+            and state[key].shape[0] == own_sd[key].shape[0] and state[key].shape[2:] == own_sd[key].shape[2:]:
+        have = state[key].shape[1]
+        state[key] = _adapt_in_chans(state[key], own_sd[key].shape[1])
+        adapted.append(f"{key} ({have} -> {own_sd[key].shape[1]} bands)")
+    report = load_state_dict_report(target, state)
+    report.ignored, report.adapted = ignored, adapted + report.adapted
+    if strict and not report.ok:
+        raise CheckpointError(f"{name}: does not match the {source} layout: {report.summary()}")
+    return report
+
+
+def _adapt_in_chans(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Patch-embedding weights for another band count: keep the first bands, fill with the mean."""
+    have = weight.shape[1]
+    if weight.is_meta:
+        return weight.new_empty((weight.shape[0], in_chans, *weight.shape[2:]))
+    if in_chans <= have:
+        out = weight[:, :in_chans].clone()
+    else:
+        extra = weight.mean(dim=1, keepdim=True).expand(-1, in_chans - have, -1, -1)
+        out = torch.cat([weight, extra], dim=1)
+    return out * (have / in_chans)
+
+
+def _assign(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    own = getattr(module, name)
+    if own.is_meta or value.is_meta:
+        setattr(module, name, nn.Parameter(value.to(own.dtype), requires_grad=own.requires_grad))
+    else:
+        with torch.no_grad():
+            own.copy_(value)

@@ -5,6 +5,13 @@ import torch
 from torch import nn
 
 
+def drop_path_rates(max_rate: float, n: int) -> list:
+    """Linearly increasing stochastic-depth rates (plain Python so it works on the meta device)."""
+    if n <= 1:
+        return [0.0] * n
+    return [max_rate * i / (n - 1) for i in range(n)]
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch per sample while training."""
 

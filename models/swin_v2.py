@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import FFN, DropPath
+from .layers import FFN, DropPath, drop_path_rates
 
 # Published SwinV2 sizes (mmpretrain arch_zoo); SkySense uses "huge".
 ARCH_ZOO = {
@@ -107,8 +107,10 @@ class WindowMSAV2(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(cpb_mlp_hidden, num_heads, bias=False),
         )
-        self.register_buffer("relative_coords_table", _relative_coords_table(window_size, pretrained_window_size))
-        self.register_buffer("relative_position_index", _relative_position_index(window_size))
+        # Derived from the window size: recomputed, not stored (official checkpoints lack them too).
+        self.register_buffer("relative_coords_table", _relative_coords_table(window_size, pretrained_window_size),
+                             persistent=False)
+        self.register_buffer("relative_position_index", _relative_position_index(window_size), persistent=False)
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(embed_dims))
         self.v_bias = nn.Parameter(torch.zeros(embed_dims))
@@ -295,7 +297,7 @@ class SwinTransformerV2(nn.Module):
         self.in_chans = in_chans
         self.out_indices = tuple(out_indices)
         self.patch_embed = PatchEmbed(in_chans, embed_dims, 4)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         self.stages = nn.ModuleList()
         dims, start = embed_dims, 0
         self.num_features: List[int] = []

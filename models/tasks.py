@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fusion import DAYS_IN_CALENDAR, FusionTransformer, SentinelHead
 from .heads import ChangeHead, DamageHead, UPerHead, damage_log_probs
 from .swin_v2 import SwinTransformerV2
+from .vit import VisionTransformer
 
 STRIDE = 32
 
@@ -110,7 +112,118 @@ class DamageModel(nn.Module):
         return damage_log_probs(raw)
 
 
-_TASKS = {"segmentation": SegmentationModel, "change": ChangeModel, "damage": DamageModel}
+class TemporalSegmentationModel(nn.Module):
+    """HR image + optional Sentinel-2 / Sentinel-1 time series -> logits[B,K,H,W].
+
+    ``forward(hr[B,3,H,W], s2[B,T,10,h,w]|None, s1[B,T,2,h,w]|None, doy_s2[B,T]|None,
+    doy_s1[B,T]|None, valid_s2[B,T] bool|None, valid_s1[B,T] bool|None)``.
+
+    The Sentinel frames cover the same ground as the HR tile (any h, w; 16x16 px at 10 m
+    for a 512x512 px HR tile at 0.3125 m reproduces the pre-training geometry). Each frame
+    goes through its ViT and ``SentinelHead``, is resampled onto the HR stride-32 grid, gets
+    the calendar embedding of its day of year, and joins the HR stage-4 token in the fusion
+    transformer. Invalid frames (``valid`` False: clouds, nodata) are not encoded at all and
+    are masked out of the attention. The fused feature is concatenated to the HR stage-4
+    feature before the UPerNet head, so the model also works with HR alone.
+    """
+
+    task = "temporal"
+
+    def __init__(self, encoder: Dict[str, Any], s2_encoder: Optional[Dict[str, Any]],
+                 s1_encoder: Optional[Dict[str, Any]], fusion: Dict[str, Any], decode_head: Dict[str, Any],
+                 num_classes: int, in_chans: int = 3, use_doy: bool = True):
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.backbone = build_hr_encoder(encoder, in_chans)
+        hr_dim = self.backbone.out_channels[-1]
+        self.backbone_s2 = VisionTransformer(**s2_encoder) if s2_encoder else None
+        self.backbone_s1 = VisionTransformer(**s1_encoder) if s1_encoder else None
+        self.head_s2 = SentinelHead(self.backbone_s2.embed_dims, hr_dim) if s2_encoder else None
+        self.head_s1 = SentinelHead(self.backbone_s1.embed_dims, hr_dim) if s1_encoder else None
+        self.use_doy = use_doy
+        self.ctpe = nn.Parameter(torch.zeros(1, DAYS_IN_CALENDAR, hr_dim)) if use_doy else None
+        if use_doy:
+            nn.init.trunc_normal_(self.ctpe, std=0.02)
+        self.fusion = FusionTransformer(input_dims=hr_dim, **fusion)
+        channels = list(self.backbone.out_channels)
+        channels[-1] = hr_dim + self.fusion.embed_dims
+        self.decode_head = UPerHead(channels, num_classes=num_classes, **decode_head)
+
+    def _sentinel_tokens(self, series, doy, valid, encoder, head, grid, name):
+        """[B,T,C,h,w] -> tokens [B*gh*gw, T, hr_dim] and padding mask [B*gh*gw, T]."""
+        if encoder is None:
+            raise ValueError(f"this model has no {name} encoder; pass {name}=None")
+        if series.ndim != 5:
+            raise ValueError(f"{name} must be [B, T, C, h, w], got shape {tuple(series.shape)}")
+        b, t, c, h, w = series.shape
+        if c != encoder.in_chans:
+            raise ValueError(f"{name} has {c} bands, the model expects {encoder.in_chans}")
+        if valid is None:
+            valid = torch.ones(b, t, dtype=torch.bool, device=series.device)
+        valid = valid.to(torch.bool)
+        gh, gw = grid
+        feats = series.new_zeros(b * t, head.out_dim, gh, gw)
+        flat_valid = valid.reshape(-1)
+        frames = series.reshape(b * t, c, h, w)[flat_valid]
+        if frames.shape[0]:
+            f = head(encoder(frames)[-1])
+            if f.shape[-2:] != (gh, gw):
+                f = F.interpolate(f, size=(gh, gw), mode="bilinear", align_corners=False)
+            feats = feats.index_put((flat_valid.nonzero().squeeze(1),), f.to(feats.dtype))
+        feats = feats.reshape(b, t, -1, gh, gw)
+        if self.use_doy and doy is not None:
+            idx = doy.long().clamp(0, DAYS_IN_CALENDAR - 1)
+            feats = feats + self.ctpe[0][idx].to(feats.dtype)[..., None, None]
+        tokens = feats.permute(0, 3, 4, 1, 2).reshape(b * gh * gw, t, -1)
+        mask = (~valid)[:, None, :].expand(b, gh * gw, t).reshape(b * gh * gw, t)
+        return tokens, mask
+
+    def forward(self, hr: torch.Tensor, s2: Optional[torch.Tensor] = None, s1: Optional[torch.Tensor] = None,
+                doy_s2: Optional[torch.Tensor] = None, doy_s1: Optional[torch.Tensor] = None,
+                valid_s2: Optional[torch.Tensor] = None, valid_s1: Optional[torch.Tensor] = None) -> torch.Tensor:
+        size = hr.shape[-2:]
+        hr = _pad_to_stride(hr)
+        feats = self.backbone(hr)
+        top = feats[-1]
+        b, c, gh, gw = top.shape
+        tokens = [top.permute(0, 2, 3, 1).reshape(b * gh * gw, 1, c)]
+        masks = [torch.zeros(b * gh * gw, 1, dtype=torch.bool, device=hr.device)]
+        # Sentinel inputs must cover the padded HR tile too: pad them by the same fraction.
+        for series, doy, valid, enc, head, name in (
+                (s2, doy_s2, valid_s2, self.backbone_s2, self.head_s2, "s2"),
+                (s1, doy_s1, valid_s1, self.backbone_s1, self.head_s1, "s1")):
+            if series is None:
+                continue
+            series = _pad_series_like(series, size, hr.shape[-2:])
+            tok, mask = self._sentinel_tokens(series, doy, valid, enc, head, (gh, gw), name)
+            tokens.append(tok)
+            masks.append(mask)
+        fused = self.fusion(torch.cat(tokens, dim=1), torch.cat(masks, dim=1))
+        fused = fused.reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
+        feats = list(feats[:-1]) + [torch.cat([top, fused], dim=1)]
+        return _to_input_size(self.decode_head(feats), hr.shape[-2:], size)
+
+
+def _pad_series_like(series: torch.Tensor, size, padded) -> torch.Tensor:
+    """Pad a [B,T,C,h,w] series so it covers the same padded extent as the HR tile."""
+    if tuple(size) == tuple(padded):
+        return series
+    b, t, c, h, w = series.shape
+    ph = round(h * padded[0] / size[0]) - h
+    pw = round(w * padded[1] / size[1]) - w
+    if ph <= 0 and pw <= 0:
+        return series
+    flat = F.pad(series.reshape(b * t, c, h, w), (0, max(pw, 0), 0, max(ph, 0)), mode="replicate")
+    return flat.reshape(b, t, c, flat.shape[-2], flat.shape[-1])
+
+
+_TASKS = {"segmentation": SegmentationModel, "change": ChangeModel, "damage": DamageModel,
+          "temporal": TemporalSegmentationModel,
+          # bare modules, for the official checkpoints and feature extraction
+          "encoder_hr": lambda **kw: SwinTransformerV2(**{k: v for k, v in kw.items() if k != "type"}),
+          "encoder_sentinel": lambda **kw: VisionTransformer(**kw),
+          "fusion": lambda **kw: FusionTransformer(**kw)}
 
 
 def register_task(name: str, cls) -> None:
