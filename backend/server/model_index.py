@@ -22,8 +22,15 @@ _META_KEYS = ("task", "classes", "bands", "tile_size", "gsd", "metrics", "arch",
 
 
 def default_user_models_dir() -> Path:
+    """$SKYSENSE_MODELS_DIR, else the model manager's user folder (~/.skysense/models)."""
     env = os.environ.get("SKYSENSE_MODELS_DIR")
-    return Path(env) if env else Path.home() / ".skysense" / "models"
+    if env:
+        return Path(env)
+    try:
+        from backend.model_manager import user_models_dir
+        return Path(user_models_dir())
+    except Exception:  # noqa: BLE001 - keep listing even if that module is broken
+        return Path.home() / ".skysense" / "models"
 
 
 def read_metadata(path: Path) -> dict:
@@ -32,7 +39,7 @@ def read_metadata(path: Path) -> dict:
         from models import checkpoint  # the models engineer's reader, when present
     except Exception:  # noqa: BLE001 - fall back to a safe direct read below
         checkpoint = None
-    for name in ("read_metadata", "load_metadata", "read_model_metadata"):
+    for name in ("read_model_meta", "read_metadata"):
         reader = getattr(checkpoint, name, None)
         if callable(reader):
             meta = reader(path)
