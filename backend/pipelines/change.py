@@ -1,0 +1,563 @@
+"""Change detection between two dates with the siamese SkySense change model.
+
+``run_change(params, progress) -> result dict`` (docs/ARCHITECTURE.md, docs/api_change.md).
+The post image is reprojected on the fly onto the pre image's grid, cropped to the area both
+cover (and to the AOI). Outputs: change mask GeoTIFF (0 no change, 1 change, 255 no data) with a
+QML (change magenta, no change transparent), P(change) as confidence raster, change polygons
+(GeoPackage, min-area filter) and, with a land-cover model, a from-to raster + table + polygon
+attributes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import rasterio
+import rasterio.features
+import rasterio.warp
+import shapely
+import shapely.geometry
+from rasterio.windows import Window
+
+from backend.errors import InputError, OutputError
+from backend.inference.engine import EngineInput, run_inference
+from backend.inference.predictors import TorchPredictor, resolve_device
+from backend.io.aoi import aoi_window, parse_aoi
+from backend.io.atomic import AtomicOutputs, describe_os_error
+from backend.io.raster import Grid, open_raster
+from backend.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CHANGE_MODEL = ROOT / "resources" / "models" / "change_levir_tiny.pth"
+DEFAULT_LANDCOVER_MODEL = ROOT / "resources" / "models" / "landcover_loveda_tiny.pth"
+CHANGE_PALETTE = ROOT / "resources" / "palettes" / "change.json"
+CHANGE_NODATA = 255
+
+
+# ----------------------------------------------------------------------------- inputs and models
+
+def input_spec(value: Any, key: str) -> Tuple[str, Optional[List[int]]]:
+    """A raster parameter given as a path or {"path": ..., "bands": [...]} -> (path, bands)."""
+    if isinstance(value, dict):
+        path, bands = value.get("path"), value.get("bands")
+    else:
+        path, bands = value, None
+    if not path or not isinstance(path, (str, Path)):
+        raise InputError(f"parameter '{key}' must be a raster path (or {{\"path\": ..., \"bands\": [...]}})")
+    return str(path), ([int(b) for b in bands] if bands else None)
+
+
+def mosaic_vrt(paths: Sequence[Any], dest: Path, key: str) -> str:
+    """Several tiles of one date (same CRS, bands, pixel size) -> a GDAL VRT mosaic at dest."""
+    from xml.sax.saxutils import escape
+
+    if not paths:
+        raise InputError(f"parameter '{key}' is an empty list of rasters")
+    infos = []
+    for path in paths:
+        path = str(path)
+        with open_raster(path) as src:
+            infos.append((path, src.crs, src.transform, src.width, src.height, src.count, src.dtypes[0], src.nodata))
+    _, crs, t0, _, _, count, dtype, nodata = infos[0]
+    for path, crs_i, t, _, _, count_i, dtype_i, _ in infos[1:]:
+        if crs_i != crs or count_i != count or dtype_i != dtype:
+            raise InputError(f"tiles of '{key}' must share CRS, band count and data type: {path} differs from "
+                             f"{infos[0][0]}")
+        if abs(t.a - t0.a) > 1e-9 * max(1, abs(t0.a)) or abs(t.e - t0.e) > 1e-9 * max(1, abs(t0.e)) or t.b or t.d:
+            raise InputError(f"tiles of '{key}' must share one north-up pixel size: {path} differs")
+    left = min(t.c for _, _, t, *_ in infos)
+    top = max(t.f for _, _, t, *_ in infos)
+    right = max(t.c + t.a * w for _, _, t, w, *_ in infos)
+    bottom = min(t.f + t.e * h for _, _, t, _, h, *_ in infos)
+    width, height = round((right - left) / t0.a), round((bottom - top) / t0.e)
+    vrt_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
+                "float32": "Float32", "float64": "Float64"}.get(dtype)
+    if vrt_type is None:
+        raise InputError(f"tiles of '{key}' have an unsupported data type {dtype}")
+    bands = []
+    for band in range(1, count + 1):
+        sources = []
+        for path, _, t, w, h, *_ in infos:
+            x_off, y_off = round((t.c - left) / t0.a), round((t.f - top) / t0.e)
+            sources.append(f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(Path(path).resolve()))}'
+                           f'</SourceFilename><SourceBand>{band}</SourceBand>'
+                           f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+                           f'<DstRect xOff="{x_off}" yOff="{y_off}" xSize="{w}" ySize="{h}"/></SimpleSource>')
+        nodata_xml = f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else ""
+        bands.append(f'<VRTRasterBand dataType="{vrt_type}" band="{band}">{nodata_xml}{"".join(sources)}'
+                     "</VRTRasterBand>")
+    # Gaps between tiles must read as no data, not black: an explicit mask band marks covered pixels.
+    mask_sources = "".join(
+        f'<ComplexSource><SourceFilename relativeToVRT="0">{escape(str(Path(path).resolve()))}</SourceFilename>'
+        f'<SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+        f'<DstRect xOff="{round((t.c - left) / t0.a)}" yOff="{round((t.f - top) / t0.e)}" xSize="{w}" ySize="{h}"/>'
+        f'<ScaleOffset>255</ScaleOffset><ScaleRatio>0</ScaleRatio></ComplexSource>'
+        for path, _, t, w, h, *_ in infos)
+    mask = (f'<MaskBand><VRTRasterBand dataType="Byte">{mask_sources}</VRTRasterBand></MaskBand>'
+            if nodata is None else "")
+    gt = f"{left}, {t0.a}, 0, {top}, 0, {t0.e}"
+    xml = (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{escape(crs.to_wkt())}</SRS>'
+           f"<GeoTransform>{gt}</GeoTransform>{mask}{''.join(bands)}</VRTDataset>")
+    dest = Path(dest)
+    dest.write_text(xml)
+    return str(dest)
+
+
+def resolve_inputs(params: Dict[str, Any], keys: Sequence[str], workdir: Path) -> Dict[str, Any]:
+    """Copy of params where list-of-tiles inputs under `keys` are replaced by VRT mosaics in workdir."""
+    params = dict(params)
+    for key in keys:
+        value = params.get(key)
+        if isinstance(value, (list, tuple)):
+            paths = [v["path"] if isinstance(v, dict) else v for v in value]
+            bands = value[0].get("bands") if value and isinstance(value[0], dict) else None
+            vrt = mosaic_vrt(paths, workdir / f"{key}_mosaic.vrt", key)
+            params[key] = {"path": vrt, "bands": bands} if bands else vrt
+    return params
+
+
+def load_task_model(path: Any, tasks: Sequence[str], what: str):
+    """(model, meta) of a project model file whose task is one of `tasks`; clear errors otherwise."""
+    from models.checkpoint import CheckpointError, load_model_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} model file not found: {path}")
+    try:
+        model, meta = load_model_file(path)
+    except CheckpointError as exc:
+        raise InputError(f"{what} model {path} cannot be used: {exc}") from None
+    if meta.get("task") not in tasks:
+        raise InputError(f"{path} is a {meta.get('task')!r} model; the {what} step needs a "
+                         f"{' or '.join(repr(t) for t in tasks)} model")
+    return model, meta
+
+
+def _norm(meta: Dict[str, Any], n_bands: int) -> Tuple[Optional[list], Optional[list]]:
+    norm = (meta.get("normalization") or {}).get("hr") or {}
+    return norm.get("mean"), norm.get("std")
+
+
+def overlap_grid(pre_path: str, post_path: str) -> Grid:
+    """The pre raster's grid cropped to the area the post raster also covers (whole pixels)."""
+    with open_raster(pre_path, allow_pixel_grid=True) as pre, open_raster(post_path, allow_pixel_grid=True) as post:
+        pre_grid, post_grid = Grid.of(pre), Grid.of(post)
+    if (pre_grid.crs is None) != (post_grid.crs is None):
+        raise InputError(f"cannot align the two dates: {pre_path if pre_grid.crs is None else post_path} has no CRS "
+                         "and the other raster has one")
+    if pre_grid.crs is None:
+        if (pre_grid.width, pre_grid.height) != (post_grid.width, post_grid.height):
+            raise InputError(f"ungeoreferenced pre and post images differ in size ({pre_grid.width}x{pre_grid.height}"
+                             f" vs {post_grid.width}x{post_grid.height}); georeference them or give equal sizes")
+        return pre_grid
+    left, bottom, right, top = rasterio.warp.transform_bounds(post_grid.crs, pre_grid.crs, *post_grid.bounds,
+                                                              densify_pts=21)
+    p_left, p_bottom, p_right, p_top = pre_grid.bounds
+    i_left, i_right = max(left, p_left), min(right, p_right)
+    i_bottom, i_top = max(bottom, p_bottom), min(top, p_top)
+    if i_right <= i_left or i_top <= i_bottom:
+        raise InputError(f"the pre and post rasters do not overlap: {pre_path} covers "
+                         f"{tuple(round(v, 6) for v in pre_grid.bounds)} and {post_path} covers "
+                         f"{tuple(round(v, 6) for v in (left, bottom, right, top))} (in {pre_grid.crs})")
+    win = rasterio.windows.from_bounds(i_left, i_bottom, i_right, i_top, transform=pre_grid.transform)
+    col0, row0 = max(0, math.floor(win.col_off + 1e-6)), max(0, math.floor(win.row_off + 1e-6))
+    col1 = min(pre_grid.width, math.ceil(win.col_off + win.width - 1e-6))
+    row1 = min(pre_grid.height, math.ceil(win.row_off + win.height - 1e-6))
+    if col1 <= col0 or row1 <= row0:
+        raise InputError(f"the pre and post rasters overlap by less than one pixel: {pre_path}, {post_path}")
+    return pre_grid.subgrid(Window(col0, row0, col1 - col0, row1 - row0))
+
+
+def check_aoi(aoi: Optional[dict], grid: Grid) -> None:
+    """Clear error when the AOI misses the area both dates cover."""
+    if aoi:
+        aoi_window(grid, parse_aoi(aoi, grid), name="the area covered by both dates")
+
+
+class ChangePredictor:
+    """Engine predictor: [a, b] tiles -> [B, 2, T, T] probabilities (no change, change).
+
+    symmetric: average P(change) over (a, b) and (b, a) since change has no direction.
+    threshold: decision threshold on P(change); probabilities are re-weighted so that the engine's
+    argmax equals ``P(change) >= threshold`` (0.5 leaves them unchanged).
+    """
+
+    def __init__(self, model, device: str = "auto", symmetric: bool = True, threshold: float = 0.5):
+        if not 0.0 < threshold < 1.0:
+            raise InputError(f"threshold must be between 0 and 1, got {threshold}")
+        self.torch = TorchPredictor(model, device=device)
+        self.device = self.torch.device
+        self.symmetric, self.threshold = symmetric, float(threshold)
+
+    def __call__(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        a, b = arrays
+        probs = self.torch([a, b])
+        if self.symmetric:
+            probs = 0.5 * (probs + self.torch([b, a]))
+        if self.threshold != 0.5:
+            p1 = probs[:, 1] * (1 - self.threshold)
+            p0 = probs[:, 0] * self.threshold
+            p1 = p1 / np.maximum(p0 + p1, 1e-12)
+            probs = np.stack([1 - p1, p1], axis=1).astype(np.float32)
+        return probs
+
+
+def read_change_probability(class_path: Path, confidence_path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """(P(change) float32 [H,W], valid bool [H,W]) rebuilt from the engine's class + confidence rasters."""
+    with rasterio.open(class_path) as src:
+        classes = src.read(1)
+    with rasterio.open(confidence_path) as src:
+        confidence = src.read(1).astype(np.float32) / 100.0
+    valid = classes != CHANGE_NODATA
+    prob = np.where(classes == 1, confidence, 1.0 - confidence).astype(np.float32)
+    prob[~valid] = 0.0
+    return prob, valid
+
+
+def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path, probability_path: Path, *,
+                   model_path: Any = None, aoi: Optional[dict] = None, tile_size: Optional[int] = None,
+                   overlap: int = 32, batch_size: int = 4, device: str = "auto", symmetric: bool = True,
+                   threshold: float = 0.5, progress: Optional[Progress] = None,
+                   tasks: Sequence[str] = ("change",)) -> Dict[str, Any]:
+    """Run the change (or damage) model over the overlap of pre and post; returns the engine result,
+    the grid, model meta and (for change models) P(change) + valid arrays."""
+    progress = progress or Progress()
+    pre_path, pre_bands = input_spec(pre, "pre")
+    post_path, post_bands = input_spec(post, "post")
+    grid = overlap_grid(pre_path, post_path)
+    check_aoi(aoi, grid)
+    model, meta = load_task_model(model_path or DEFAULT_CHANGE_MODEL, tasks, "change")
+    n_bands = len((meta.get("bands") or {}).get("hr") or [1, 2, 3])
+    mean, std = _norm(meta, n_bands)
+    inputs = [EngineInput(pre_path, pre_bands, mean, std, expected_bands=n_bands),
+              EngineInput(post_path, post_bands, mean, std, expected_bands=n_bands)]
+    if meta["task"] == "change":
+        predictor = ChangePredictor(model, device=device, symmetric=symmetric, threshold=threshold)
+        classes = [{"value": c["value"], "name": c["name"], "color": c.get("color", "#808080")}
+                   for c in json.loads(CHANGE_PALETTE.read_text())["classes"]]
+    else:
+        predictor = TorchPredictor(model, device=device)
+        classes = [{"value": k, "name": n, "color": "#808080"} for k, n in
+                   enumerate(("background", "no damage", "minor damage", "major damage", "destroyed"))]
+    result = run_inference(inputs, predictor, class_path, classes, tile_size=int(tile_size or meta.get("tile_size", 256)),
+                           overlap=int(overlap), batch_size=int(batch_size), aoi=aoi, grid=grid,
+                           allow_pixel_grid=True, confidence_path=probability_path, progress=progress,
+                           outputs=outputs)
+    out = {"engine": result, "grid": result.grid, "meta": meta, "model": model, "device": result.device}
+    if meta["task"] == "change":
+        out["probability"], out["valid"] = read_change_probability(result.written_path,
+                                                                   result.confidence_written_path)
+    return out
+
+
+def predict_landcover(image: Any, grid: Grid, outputs: AtomicOutputs, path: Path, model_path: Any, *,
+                      aoi: Optional[dict], tile_size: Optional[int], overlap: int, batch_size: int,
+                      device: str, progress: Progress, what: str) -> Tuple[np.ndarray, Dict[str, Any], Any]:
+    """Classes [H,W] of a land-cover model on `grid` (written to `path` inside outputs)."""
+    model, meta = load_task_model(model_path, ("segmentation",), what)
+    image_path, bands = input_spec(image, what)
+    n_bands = len((meta.get("bands") or {}).get("hr") or [1, 2, 3])
+    mean, std = _norm(meta, n_bands)
+    result = run_inference([EngineInput(image_path, bands or (meta.get("bands") or {}).get("hr"), mean, std,
+                                        expected_bands=n_bands)],
+                           TorchPredictor(model, device=device), path, meta["classes"],
+                           tile_size=int(tile_size or meta.get("tile_size", 512)), overlap=int(overlap),
+                           batch_size=int(batch_size), aoi=aoi, grid=grid, allow_pixel_grid=True,
+                           progress=progress, outputs=outputs)
+    with rasterio.open(result.written_path) as src:
+        classes = src.read(1)
+    return classes, meta, result
+
+
+# ----------------------------------------------------------------------------- polygons
+
+def pixel_area(grid: Grid) -> Tuple[float, str]:
+    """(area of one pixel, unit): square metres for georeferenced grids, pixels otherwise."""
+    area = grid.pixel_area_m2()
+    return (area, "m2") if area is not None else (1.0, "px")
+
+
+def mask_polygons(mask: np.ndarray, grid: Grid, min_area: float = 0.0,
+                  simplify: float = 0.0) -> Tuple[List[Any], np.ndarray, np.ndarray]:
+    """Connected regions of mask (4-connectivity) as polygons in the grid CRS.
+
+    Returns (geometries, component label image int32 [H,W], kept component ids); regions smaller
+    than min_area (m², or pixels on ungeoreferenced grids) are dropped.
+    """
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    labels = labels.astype(np.int32)
+    if n == 0:
+        return [], labels, np.zeros(0, np.int64)
+    area_px = np.bincount(labels.ravel(), minlength=n + 1)
+    unit_area, _ = pixel_area(grid)
+    keep = np.nonzero(area_px * unit_area >= float(min_area))[0]
+    keep = keep[keep > 0]
+    keep_mask = np.isin(labels, keep)
+    parts: Dict[int, list] = {}
+    for geom, value in rasterio.features.shapes(labels, mask=keep_mask, transform=grid.transform, connectivity=4):
+        parts.setdefault(int(value), []).append(shapely.geometry.shape(geom))
+    geoms = []
+    for cid in keep:
+        shape = shapely.union_all(parts[int(cid)]) if len(parts[int(cid)]) > 1 else parts[int(cid)][0]
+        if simplify > 0:
+            shape = shape.simplify(float(simplify), preserve_topology=True)
+        geoms.append(shape)
+    return geoms, labels, keep
+
+
+def component_majority(labels: np.ndarray, keep: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Most frequent value of `values` inside each kept component."""
+    from scipy import ndimage
+
+    out = np.zeros(len(keep), np.int64)
+    slices = ndimage.find_objects(labels)
+    for k, cid in enumerate(keep):
+        sl = slices[int(cid) - 1]
+        inside = values[sl][labels[sl] == cid]
+        if inside.size:
+            out[k] = np.bincount(inside.astype(np.int64)).argmax()
+    return out
+
+
+def write_polygons(path: Path, layer: str, geoms: Sequence, records: Sequence[Dict[str, Any]],
+                   fields: Dict[str, str], crs, final_name: Optional[Path] = None) -> None:
+    """Write polygons + attributes to a GeoPackage (path is a temporary name inside AtomicOutputs)."""
+    import fiona
+
+    schema = {"geometry": "MultiPolygon", "properties": dict(fields)}
+    try:
+        with fiona.open(path, "w", driver="GPKG", layer=layer, schema=schema,
+                        crs=crs.to_wkt() if crs is not None else None) as dst:
+            for geom, record in zip(geoms, records):
+                if geom.geom_type == "Polygon":
+                    geom = shapely.geometry.MultiPolygon([geom])
+                dst.write({"geometry": shapely.geometry.mapping(geom), "properties": record})
+    except Exception as exc:
+        raise OutputError(f"could not write {final_name or path}: {describe_os_error(exc)}") from None
+
+
+# ----------------------------------------------------------------------------- styles
+
+def _qgis_color(color: str) -> Tuple[str, int]:
+    text = color.lstrip("#")
+    alpha = int(text[6:8], 16) if len(text) == 8 else 255
+    return "#" + text[:6], alpha
+
+
+def write_paletted_qml(path: Path, entries: Sequence[Dict[str, Any]]) -> None:
+    """Paletted raster style: one entry per class value (colour with optional alpha: #rrggbbaa)."""
+    rows = []
+    for entry in entries:
+        color, alpha = _qgis_color(entry["color"])
+        rows.append(f'        <paletteEntry value="{int(entry["value"])}" color="{color}" alpha="{alpha}" '
+                    f'label={quoteattr(str(entry["name"]))}/>')
+    text = ("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+            '<qgis version="3.22.0" styleCategories="AllStyleCategories">\n  <pipe>\n'
+            '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">\n'
+            "      <rasterTransparency/>\n      <colorPalette>\n" + "\n".join(rows) + "\n"
+            "      </colorPalette>\n    </rasterrenderer>\n  </pipe>\n</qgis>\n")
+    Path(path).write_text(text)
+
+
+def _fill_symbol(name: str, color: str, alpha: int = 110) -> str:
+    rgb = ",".join(str(int(color.lstrip("#")[k:k + 2], 16)) for k in (0, 2, 4))
+    return (f'<symbol type="fill" name="{name}" alpha="1" clip_to_extent="1" force_rhr="0">'
+            f'<layer class="SimpleFill" enabled="1" locked="0" pass="0">'
+            f'<Option type="Map">'
+            f'<Option type="QString" name="color" value="{rgb},{alpha}"/>'
+            f'<Option type="QString" name="outline_color" value="{rgb},255"/>'
+            f'<Option type="QString" name="outline_width" value="0.4"/>'
+            f'<Option type="QString" name="outline_width_unit" value="MM"/>'
+            f'<Option type="QString" name="style" value="solid"/>'
+            f'</Option></layer></symbol>')
+
+
+def write_vector_qml(path: Path, color: str = "#ff00ff", field: Optional[str] = None,
+                     categories: Optional[Sequence[Dict[str, Any]]] = None) -> None:
+    """Single-colour fill style, or categories on `field` ({"value", "name", "color"} each)."""
+    if field and categories:
+        cats = "".join(f'<category render="true" symbol="{k}" value="{c["value"]}" label={quoteattr(c["name"])}/>'
+                       for k, c in enumerate(categories))
+        symbols = "".join(_fill_symbol(str(k), c["color"]) for k, c in enumerate(categories))
+        renderer = (f'<renderer-v2 type="categorizedSymbol" attr="{field}" symbollevels="0" enableorderby="0">'
+                    f"<categories>{cats}</categories><symbols>{symbols}</symbols></renderer-v2>")
+    else:
+        renderer = (f'<renderer-v2 type="singleSymbol" symbollevels="0" enableorderby="0">'
+                    f"<symbols>{_fill_symbol('0', color)}</symbols></renderer-v2>")
+    Path(path).write_text("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+                          f'<qgis version="3.22.0" styleCategories="Symbology">{renderer}</qgis>\n')
+
+
+# ----------------------------------------------------------------------------- from-to
+
+def from_to_codes(pre_classes: np.ndarray, post_classes: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """uint16 code from*100 + to on changed pixels, 0 elsewhere (e.g. 207 = class 2 -> class 7)."""
+    codes = pre_classes.astype(np.uint16) * 100 + post_classes.astype(np.uint16)
+    return np.where(change, codes, 0).astype(np.uint16)
+
+
+def from_to_table(codes: np.ndarray, class_names: Dict[int, str], unit_area: float, unit: str) -> List[Dict[str, Any]]:
+    """Rows {"code", "from_class", "to_class", "pixels", "area"} sorted by area, largest first."""
+    values, counts = np.unique(codes[codes > 0], return_counts=True)
+    rows = []
+    for value, count in zip(values.tolist(), counts.tolist()):
+        src, dst = divmod(int(value), 100)
+        rows.append({"code": int(value), "from_class": class_names.get(src, str(src)),
+                     "to_class": class_names.get(dst, str(dst)), "pixels": int(count),
+                     f"area_{unit}": round(count * unit_area, 2)})
+    return sorted(rows, key=lambda r: -r["pixels"])
+
+
+def _write_raster(path: Path, array: np.ndarray, grid: Grid, nodata, final_name: Path) -> None:
+    import warnings
+    from rasterio.errors import NotGeoreferencedWarning
+
+    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype=array.dtype.name,
+                   crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, blockxsize=256,
+                   blockysize=256, compress="deflate")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(array, 1)
+    except Exception as exc:
+        raise OutputError(f"could not write {final_name}: {describe_os_error(exc)}") from None
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+def _float_param(params: Dict[str, Any], key: str, default: float) -> float:
+    value = params.get(key, default)
+    try:
+        value = float(default if value is None else value)
+    except (TypeError, ValueError):
+        raise InputError(f"parameter '{key}' must be a number, got {value!r}") from None
+    if value < 0:
+        raise InputError(f"parameter '{key}' must not be negative, got {value}")
+    return value
+
+
+def run_change(params: Dict[str, Any], progress: Optional[Progress] = None) -> Dict[str, Any]:
+    """Change mask + polygons (+ from-to classes with a land-cover model) for a pre/post pair.
+
+    params: pre, post (path, {"path", "bands"}, or a list of tiles of one date -> mosaic), output_dir, name="change", model=None (default
+    LEVIR-CD model), landcover_model=None, aoi=None, tile_size=None (model's), overlap=32,
+    batch_size=4, device="auto", threshold=0.5, symmetric=True, vectorize=True, min_area=0
+    (m², pixels on ungeoreferenced images), simplify=0 (CRS units).
+    """
+    progress = progress or Progress()
+    for key in ("pre", "post", "output_dir"):
+        if not params.get(key):
+            raise InputError(f"missing parameter '{key}'")
+    with tempfile.TemporaryDirectory(prefix="skysense-change-") as workdir:
+        return _run_change(resolve_inputs(params, ("pre", "post"), Path(workdir)), progress)
+
+
+def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
+    name = str(params.get("name") or "change")
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise InputError(f"output name {name!r} may only hold letters, digits, '_' and '-'")
+    min_area = _float_param(params, "min_area", 0.0)
+    simplify = _float_param(params, "simplify", 0.0)
+    threshold = _float_param(params, "threshold", 0.5)
+    overlap = int(params.get("overlap", 32) if params.get("overlap") is not None else 32)
+    batch_size = int(params.get("batch_size") or 4)
+    device = resolve_device(params.get("device") or "auto")
+    landcover_model = params.get("landcover_model")
+    out_dir = Path(params["output_dir"])
+    paths = {k: out_dir / f"{name}{suffix}" for k, suffix in [
+        ("mask", ".tif"), ("mask_qml", ".qml"), ("probability", "_probability.tif"), ("vector", ".gpkg"),
+        ("vector_qml", "_vector.qml"), ("pre_classes", "_pre_classes.tif"), ("post_classes", "_post_classes.tif"),
+        ("from_to", "_from_to.tif"), ("from_to_qml", "_from_to.qml"), ("table", "_from_to.csv")]}
+
+    with AtomicOutputs(out_dir) as outputs:
+        lc_share = 0.3 if landcover_model else 0.0
+        found = predict_change(params["pre"], params["post"], outputs, paths["mask"], paths["probability"],
+                               model_path=params.get("model"), aoi=params.get("aoi"),
+                               tile_size=params.get("tile_size"), overlap=overlap, batch_size=batch_size,
+                               device=device, symmetric=bool(params.get("symmetric", True)), threshold=threshold,
+                               progress=progress.sub(0.0, 0.8 - lc_share))
+        grid, prob, valid = found["grid"], found["probability"], found["valid"]
+        change = (prob >= 0.5) & valid
+        palette = json.loads(CHANGE_PALETTE.read_text())["classes"]
+        write_paletted_qml(outputs.path_for(paths["mask_qml"]), palette)
+        unit_area, unit = pixel_area(grid)
+        outs = [{"path": str(paths["mask"]), "kind": "raster", "role": "change", "qml": str(paths["mask_qml"])},
+                {"path": str(paths["probability"]), "kind": "raster", "role": "probability",
+                 "description": "P(change) x 100 (uint8, 255 = no data)"}]
+        metrics: Dict[str, Any] = {
+            "changed_pixels": int(change.sum()), "valid_pixels": int(valid.sum()),
+            "changed_fraction": round(float(change.sum()) / max(int(valid.sum()), 1), 5),
+            f"changed_area_{unit}": round(float(change.sum()) * unit_area, 2),
+            "grid": {"crs": grid.crs.to_string() if grid.crs else None, "width": grid.width, "height": grid.height,
+                     "transform": list(grid.transform)[:6]},
+            "model": str(params.get("model") or DEFAULT_CHANGE_MODEL),
+        }
+        classes_out = [{"value": c["value"], "name": c["name"], "color": c["color"]} for c in palette]
+
+        pre_classes = post_classes = codes = None
+        class_names: Dict[int, str] = {}
+        if landcover_model:
+            common = dict(aoi=params.get("aoi"), tile_size=params.get("landcover_tile_size"), overlap=overlap,
+                          batch_size=batch_size, device=device)
+            pre_classes, lc_meta, _ = predict_landcover(params["pre"], grid, outputs, paths["pre_classes"],
+                                                        landcover_model, progress=progress.sub(0.5, 0.65),
+                                                        what="pre", **common)
+            post_classes, _, _ = predict_landcover(params["post"], grid, outputs, paths["post_classes"],
+                                                   landcover_model, progress=progress.sub(0.65, 0.8),
+                                                   what="post", **common)
+            class_names = {int(c["value"]): str(c["name"]) for c in lc_meta["classes"]}
+            codes = from_to_codes(pre_classes, post_classes, change)
+            _write_raster(outputs.path_for(paths["from_to"]), codes, grid, 0, paths["from_to"])
+            table = from_to_table(codes, class_names, unit_area, unit)
+            colors = {int(c["value"]): c.get("color", "#808080") for c in lc_meta["classes"]}
+            write_paletted_qml(outputs.path_for(paths["from_to_qml"]),
+                               [{"value": r["code"], "name": f"{r['from_class']} -> {r['to_class']}",
+                                 "color": colors.get(r["code"] % 100, "#808080")} for r in table])
+            with open(outputs.path_for(paths["table"]), "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=["code", "from_class", "to_class", "pixels", f"area_{unit}"])
+                writer.writeheader()
+                writer.writerows(table)
+            metrics["from_to"] = table
+            lc_classes = [{"value": c["value"], "name": c["name"], "color": c.get("color", "#808080")}
+                          for c in lc_meta["classes"]]
+            outs += [{"path": str(paths["from_to"]), "kind": "raster", "role": "from_to",
+                      "qml": str(paths["from_to_qml"]), "description": "code = from_value * 100 + to_value"},
+                     {"path": str(paths["table"]), "kind": "table", "role": "from_to_table"},
+                     {"path": str(paths["pre_classes"]), "kind": "raster", "role": "pre_classes",
+                      "classes": lc_classes},
+                     {"path": str(paths["post_classes"]), "kind": "raster", "role": "post_classes",
+                      "classes": lc_classes}]
+
+        if params.get("vectorize", True):
+            progress.update(0.85, "vectorising change regions")
+            geoms, labels, keep = mask_polygons(change, grid, min_area, simplify)
+            from scipy import ndimage
+            mean_prob = ndimage.mean(prob, labels, keep) if len(keep) else []
+            area_px = np.bincount(labels.ravel())[keep] if len(keep) else []
+            records = [{"id": k + 1, f"area_{unit}": round(float(area_px[k]) * unit_area, 2),
+                        "mean_probability": round(float(mean_prob[k]), 4)} for k in range(len(keep))]
+            fields = {"id": "int", f"area_{unit}": "float", "mean_probability": "float"}
+            if codes is not None:
+                src = component_majority(labels, keep, pre_classes)
+                dst = component_majority(labels, keep, post_classes)
+                for record, a, b in zip(records, src.tolist(), dst.tolist()):
+                    record.update({"from_class": class_names.get(a, str(a)), "to_class": class_names.get(b, str(b)),
+                                   "from_to": f"{class_names.get(a, a)} -> {class_names.get(b, b)}"})
+                fields.update({"from_class": "str", "to_class": "str", "from_to": "str"})
+            write_polygons(outputs.path_for(paths["vector"]), name, geoms, records, fields, grid.crs, paths["vector"])
+            write_vector_qml(outputs.path_for(paths["vector_qml"]), "#ff00ff")
+            metrics["polygons"] = len(geoms)
+            outs.append({"path": str(paths["vector"]), "kind": "vector", "role": "polygons", "layer": name,
+                         "qml": str(paths["vector_qml"])})
+        progress.update(0.98, "writing outputs")
+    progress.update(1.0, f"change detected on {metrics['changed_fraction']:.1%} of the area")
+    return {"outputs": outs, "classes": classes_out, "metrics": metrics, "device": found["device"]}
