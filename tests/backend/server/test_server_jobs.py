@@ -1,0 +1,136 @@
+"""Job queue behaviour through the HTTP API: FIFO with one worker, cancel, failures."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def _gated(out_dir, gate, name="gated"):
+    return {"kind": "gated", "params": {"output_dir": str(out_dir), "gate": gate, "name": name}}
+
+
+def _submit(client, auth, body):
+    response = client.post("/jobs", headers=auth, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "queued"
+    return response.json()["id"]
+
+
+def test_server_second_job_waits_for_the_first(client, auth, helpers, out_root):
+    first_gate, second_gate = helpers.gate("first"), helpers.gate("second")
+    first = _submit(client, auth, _gated(out_root / "a", "first"))
+    second = _submit(client, auth, _gated(out_root / "b", "second"))
+    assert helpers.started["first"].wait(30)
+    assert helpers.wait_for(lambda: client.get(f"/jobs/{first}", headers=auth).json()["progress"] > 0)
+    info = client.get(f"/jobs/{second}", headers=auth).json()
+    assert info["state"] == "queued" and info["queue_position"] == 1
+    assert client.get(f"/jobs/{first}", headers=auth).json()["state"] == "running"
+    health = client.get("/health", headers=auth).json()
+    assert (health["jobs_queued"], health["jobs_running"]) == (1, 1)
+    second_gate.set()  # opening the second gate must not start it early
+    assert not helpers.started["second"].wait(0.3)
+    first_gate.set()
+    done_first = helpers.wait_job(client, first)
+    done_second = helpers.wait_job(client, second)
+    assert done_first["state"] == done_second["state"] == "done"
+    assert helpers.run_log == [("start", "first"), ("end", "first"), ("start", "second"), ("end", "second")]
+    assert done_first["finished"] <= done_second["started"]
+    assert done_first["progress"] == 1.0
+    assert done_first["result"]["outputs"][0]["path"] == str(out_root / "a" / "gated.tif")
+    assert sorted(os.listdir(out_root / "a")) == ["gated.gpkg", "gated.tif"]
+    listed = client.get("/jobs", headers=auth).json()
+    assert [j["id"] for j in listed] == [first, second]
+
+
+def test_server_cancel_running_job_leaves_no_partial_output(client, auth, helpers, out_root):
+    helpers.gate("long")
+    out = out_root / "run"
+    out.mkdir()
+    (out / "keep_me.txt").write_text("was here before")
+    (out / "gated_old_result.tif").write_text("older output with the same prefix")
+    job = _submit(client, auth, _gated(out, "long"))
+    assert helpers.started["long"].wait(30)
+    assert (out / "gated.tif.tmp").exists() and (out / "gated.gpkg").exists()
+    answer = client.post(f"/jobs/{job}/cancel", headers=auth)
+    assert answer.status_code == 200 and answer.json()["id"] == job
+    info = helpers.wait_job(client, job)
+    assert info["state"] == "cancelled"
+    assert info["result"] is None
+    # The job's files are gone; files that were there before are untouched.
+    assert sorted(os.listdir(out)) == ["gated_old_result.tif", "keep_me.txt"]
+
+
+def test_server_cancel_queued_job_is_immediate(client, auth, helpers, out_root):
+    blocker = helpers.gate("blocker")
+    helpers.gate("never")
+    first = _submit(client, auth, _gated(out_root / "a", "blocker"))
+    queued = _submit(client, auth, _gated(out_root / "b", "never"))
+    answer = client.post(f"/jobs/{queued}/cancel", headers=auth).json()
+    assert answer == {"id": queued, "state": "cancelled"}
+    blocker.set()
+    assert helpers.wait_job(client, first)["state"] == "done"
+    assert not helpers.started["never"].is_set()
+    assert not (out_root / "b").exists() or os.listdir(out_root / "b") == []
+
+
+def test_server_cancel_finished_job_keeps_its_state(client, auth, helpers, out_root):
+    helpers.gate("quick").set()
+    job = _submit(client, auth, _gated(out_root, "quick"))
+    assert helpers.wait_job(client, job)["state"] == "done"
+    assert client.post(f"/jobs/{job}/cancel", headers=auth).json()["state"] == "done"
+    assert (out_root / "gated.tif").exists()
+
+
+@pytest.mark.parametrize("how, expected", [
+    ("input", "band 4 does not exist in scene.tif (it has 3 bands)"),
+    ("memory", "ran out of memory"),
+    ("crash", "failed unexpectedly (ZeroDivisionError: division by zero)"),
+])
+def test_server_failed_jobs_explain_and_clean_up(client, auth, helpers, out_root, how, expected, caplog):
+    job = _submit(client, auth, {"kind": "failing", "params": {"output_dir": str(out_root), "how": how}})
+    info = helpers.wait_job(client, job)
+    assert info["state"] == "failed"
+    assert expected in info["error"]
+    assert os.listdir(out_root) == []
+    if how == "crash":
+        assert any("Traceback" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+    assert client.get("/health", headers=auth).status_code == 200
+
+
+def test_server_missing_pipeline_module_fails_job_not_server(client, auth, helpers, out_root):
+    job = _submit(client, auth, {"kind": "brokenimport",
+                                 "params": {"output_dir": str(out_root), "gate": "x"}})
+    info = helpers.wait_job(client, job)
+    assert info["state"] == "failed"
+    assert "brokenimport pipeline is not installed" in info["error"]
+    helpers.gate("after").set()
+    assert helpers.wait_job(client, _submit(client, auth, _gated(out_root, "after")))["state"] == "done"
+
+
+def test_server_forget_finished_job(client, auth, helpers, out_root):
+    gate = helpers.gate("forget")
+    job = _submit(client, auth, _gated(out_root, "forget"))
+    assert client.delete(f"/jobs/{job}", headers=auth).status_code == 409
+    gate.set()
+    helpers.wait_job(client, job)
+    assert client.delete(f"/jobs/{job}", headers=auth).status_code == 204
+    assert client.get(f"/jobs/{job}", headers=auth).status_code == 404
+
+
+def test_server_job_manager_close_cancels_everything(test_kinds, helpers, out_root):
+    from backend.server.jobs import JobManager
+    from backend.server.paths import validate_job_paths
+
+    manager = JobManager()
+    helpers.gate("r")
+    helpers.gate("q")
+    params_r = {"output_dir": str(out_root / "r"), "gate": "r", "name": "gated", "source": None}
+    params_q = {"output_dir": str(out_root / "q"), "gate": "q", "name": "gated", "source": None}
+    running = manager.submit("gated", params_r, validate_job_paths(params_r))
+    queued = manager.submit("gated", params_q, validate_job_paths(params_q))
+    assert helpers.started["r"].wait(30)
+    manager.close(timeout=30)
+    assert manager.get(running.id)["state"] == "cancelled"
+    assert manager.get(queued.id)["state"] == "cancelled"
+    assert os.listdir(out_root / "r") == []
