@@ -186,3 +186,11 @@ def backend_python() -> str:
     path = os.environ.get("SKYSENSE_BACKEND_PYTHON") or str(ROOT / ".venv" / "backend" / "bin" / "python")
     assert Path(path).exists(), f"backend interpreter {path} not found (set SKYSENSE_BACKEND_PYTHON)"
     return path
+
+
+@pytest.fixture(scope="session")
+def plugin_helpers():
+    """Helper functions for the plugin tests (conftest cannot be imported under --import-mode=importlib)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(LOVEDA_CLASSES=LOVEDA_CLASSES, write_class_raster=write_class_raster,
+                           write_georef_crop=write_georef_crop, wait_until=wait_until)

@@ -1,0 +1,172 @@
+"""Dock behaviour against a small fake HTTP backend (UI unit tests; the real backend is tested in
+test_plugin_real_backend.py)."""
+import pytest
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsProject,
+                       QgsRasterLayer, QgsRectangle, QgsVectorLayer)
+from qgis.PyQt.QtCore import QDate
+
+import skysense_qgis
+from skysense_qgis.backend_client import BackendClient
+from skysense_qgis.backend_manager import BackendManager, set_shared_manager
+
+
+@pytest.fixture
+def plugin(qgis_iface, qgis_new_project, fake_backend, tmp_path):
+    manager = BackendManager(interpreter="/nonexistent/python", state_dir=str(tmp_path / "state"))
+    manager.attach(BackendClient.for_port(fake_backend.port, fake_backend.token))
+    set_shared_manager(manager)
+    plugin = skysense_qgis.classFactory(qgis_iface)
+    plugin.initGui()
+    plugin.show_section(0)
+    plugin.dock.output_dir.setFilePath(str(tmp_path / "out"))
+    qgis_iface.messageBar().clear_messages()
+    yield plugin
+    plugin.unload()
+    set_shared_manager(None)
+
+
+def _add_raster(path, name):
+    layer = QgsRasterLayer(str(path), name)
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def _criticals(iface):
+    return iface.messageBar().get_messages(Qgis.Critical)
+
+
+def test_plugin_gui_has_dock_sections_menu_and_provider(plugin):
+    from qgis.core import QgsApplication
+    dock = plugin.dock
+    titles = [dock.toolbox.itemText(i) for i in range(dock.toolbox.count())]
+    assert titles == ["Land cover", "Change detection", "Damage assessment", "Fine-tune",
+                      "Results and export", "Backend"]
+    assert plugin.dock_action.isChecked()
+    assert QgsApplication.processingRegistry().providerById("skysense") is not None
+    # Backend section shows health and the model list reached the model choosers.
+    assert "CPU" in dock.backend.status.text()
+    assert dock.landcover.model.combo.count() == 2
+    assert dock.change.model.combo.count() == 1  # no change model listed: only the default entry
+
+
+def test_map_land_cover_click_runs_job_and_adds_styled_group(plugin, fake_backend, loveda_crop, plugin_helpers,
+                                                            tmp_path):
+    dock = plugin.dock
+    hr = _add_raster(loveda_crop, "loveda hr")
+    s2 = _add_raster(loveda_crop, "S2A_MSIL2A_20230514T101031")
+    page = dock.landcover
+    page.hr_layer.setLayer(hr)
+    page.tile_size.setValue(256)
+    page.overlap.setValue(32)
+    page.device.setCurrentIndex(page.device.findData("cpu"))
+    row = page.s2_table.add_row(s2)
+    assert page.s2_table.table.cellWidget(row, 1).date() == QDate(2023, 5, 14)
+    page.aoi.set_drawn(QgsGeometry.fromRect(QgsRectangle(500010, 3399940, 500060, 3399990)),
+                       QgsCoordinateReferenceSystem("EPSG:32650"))
+    page.run_button.click()
+    plugin_helpers.wait_until(lambda: dock.task is None and dock.last_result is not None, 30, "the land-cover job")
+
+    path, body = [r for r in fake_backend.requests if r[0] == "/jobs"][-1]
+    params = body["params"]
+    assert body["kind"] == "landcover"
+    assert params["hr"] == [{"path": str(loveda_crop), "bands": [1, 2, 3]}]
+    assert params["s2"][0]["date"] == "2023-05-14"
+    assert params["tile_size"] == 256 and params["overlap"] == 32 and params["device"] == "cpu"
+    assert params["aoi"]["crs"] == "EPSG:32650" and params["aoi"]["geometry"]["type"] == "Polygon"
+    group = QgsProject.instance().layerTreeRoot().findGroup(params["name"])
+    assert group is not None and params["name"].startswith("landcover_")
+    (layer,) = [node.layer() for node in group.findLayers()]
+    assert layer.renderer().type() == "paletted"
+    assert "building" in [label for label, _ in layer.renderer().legendSymbologyItems()]
+    assert dock.job_panel.progress.value() == 100
+    assert not dock.job_panel.cancel_button.isEnabled()
+    assert not _criticals(plugin.iface)
+
+
+def test_backend_error_reaches_the_message_bar_in_plain_words(plugin, fake_backend, loveda_crop, plugin_helpers):
+    fake_backend.fail_with = "The raster has no coordinate reference system."
+    plugin.dock.landcover.hr_layer.setLayer(_add_raster(loveda_crop, "hr"))
+    plugin.dock.landcover.run_button.click()
+    plugin_helpers.wait_until(lambda: plugin.dock.task is None and _criticals(plugin.iface), 30, "the error")
+    assert "The raster has no coordinate reference system." in " ".join(_criticals(plugin.iface))
+    assert "no coordinate reference system" in plugin.dock.job_panel.status.text()
+
+
+def test_cancel_button_cancels_the_backend_job(plugin, fake_backend, loveda_crop, plugin_helpers):
+    fake_backend.job_seconds = 30
+    dock = plugin.dock
+    dock.landcover.hr_layer.setLayer(_add_raster(loveda_crop, "hr"))
+    dock.landcover.run_button.click()
+    plugin_helpers.wait_until(lambda: dock.task is not None and dock.task.job_id
+                              and fake_backend.jobs[dock.task.job_id]["state"] == "running", 15, "a running job")
+    job_id = dock.task.job_id
+    assert dock.job_panel.cancel_button.isEnabled()
+    dock.job_panel.cancel_button.click()
+    plugin_helpers.wait_until(lambda: dock.task is None, 15, "the cancelled job to end")
+    assert fake_backend.jobs[job_id]["state"] == "cancelled"
+    assert ("/jobs/%s/cancel" % job_id) in [r[0] for r in fake_backend.requests]
+    assert "cancelled" in dock.job_panel.status.text()
+    assert not QgsProject.instance().layerTreeRoot().findGroups()
+
+
+def test_backend_going_away_mid_job_offers_a_restart(plugin, fake_backend, loveda_crop, plugin_helpers):
+    fake_backend.job_seconds = 30
+    dock = plugin.dock
+    dock.landcover.hr_layer.setLayer(_add_raster(loveda_crop, "hr"))
+    dock.landcover.run_button.click()
+    plugin_helpers.wait_until(lambda: dock.task is not None and dock.task.job_id, 15, "a submitted job")
+    fake_backend.close()
+    plugin_helpers.wait_until(lambda: dock.task is None, 30, "the job to notice the backend is gone")
+    assert dock.restart_button is not None and dock.restart_button.text() == "Restart backend"
+    assert "backend went away" in dock.job_panel.status.text() or "not reachable" in dock.job_panel.status.text()
+
+
+def test_bad_inputs_are_refused_before_anything_is_sent(plugin, fake_backend, tmp_path, plugin_helpers):
+    dock = plugin.dock
+    dock.landcover.hr_layer.setLayer(None)
+    dock.landcover.run_button.click()
+    assert "No raster layer was chosen." in _criticals(plugin.iface)[-1]
+    labels = QgsVectorLayer("Polygon?crs=EPSG:32650&field=cls:string", "labels", "memory")
+    QgsProject.instance().addMapLayer(labels)
+    dock.change.aoi.set_mode("selected")
+    dock.change.aoi.polygon_layer.setLayer(labels)
+    dock.change.pre_layer.setLayer(None)
+    with pytest.raises(Exception, match="Select at least one polygon in layer 'labels'"):
+        dock.change.aoi.aoi()
+    assert not [r for r in fake_backend.requests if r[0] == "/jobs"]
+
+
+def test_selected_polygons_become_the_aoi_in_their_own_crs(plugin):
+    layer = QgsVectorLayer("Polygon?crs=EPSG:26915&field=id:integer", "aoi", "memory")
+    f = QgsFeature(layer.fields())
+    f.setGeometry(QgsGeometry.fromRect(QgsRectangle(363000, 4100000, 363100, 4100100)))
+    f.setAttributes([1])
+    layer.dataProvider().addFeatures([f])
+    QgsProject.instance().addMapLayer(layer)
+    layer.selectAll()
+    aoi = plugin.dock.change.aoi
+    aoi.set_mode("selected")
+    aoi.polygon_layer.setLayer(layer)
+    payload = aoi.aoi()
+    assert payload["crs"] == "EPSG:26915"
+    xs = [pt[0] for pt in payload["geometry"]["coordinates"][0]]
+    assert min(xs) == 363000 and max(xs) == 363100
+
+
+def test_finetune_page_shows_loss_curve_and_accuracy(plugin):
+    page = plugin.dock.finetune
+    page.job_started()
+    for epoch, loss in ((1, 0.9), (2, 0.6), (2, 0.6), (3, 0.4)):
+        page.progress_message(f"epoch {epoch}/3 loss {loss}")
+    assert page.plot.train == [0.9, 0.6, 0.4]
+    page.show_result({"outputs": [{"path": "/m/model.pth", "kind": "model"}],
+                      "metrics": {"history": [{"epoch": 1, "loss": 0.8, "val_loss": 0.9},
+                                              {"epoch": 2, "loss": 0.5, "val_loss": 0.7}],
+                                  "per_class_accuracy": {"forest": 0.91, "water": 0.75},
+                                  "overall_accuracy": 0.85}})
+    assert page.plot.train == [0.8, 0.5] and page.plot.val == [0.9, 0.7]
+    assert page.accuracy.rowCount() == 2 and page.accuracy.item(0, 1).text() == "91.0 %"
+    assert "85.0 %" in page.summary.text() and "/m/model.pth" in page.summary.text()
+    image = page.plot.grab()
+    assert not image.isNull()
