@@ -1,0 +1,279 @@
+"""The tiled streaming engine: seamless stitching, grid/CRS, nodata, AOI, cancel, write failures, memory."""
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from backend.errors import CancelledError, InputError, OutputError
+from backend.inference import engine as engine_mod
+from backend.inference.engine import EngineInput, run_inference
+from backend.inference.predictors import TorchPredictor, resolve_device
+from backend.io import writer as writer_mod
+from backend.io.raster import AlignedRaster
+from backend.progress import Progress
+
+CLASSES = [{"value": v, "name": f"c{v}", "color": "#%02x%02x%02x" % (40 * v, 0, 0)} for v in (1, 2, 3, 4)]
+
+
+def _model(kernel: int, seed: int = 0, in_ch: int = 3) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if kernel == 1:
+        return torch.nn.Conv2d(in_ch, 4, 1)
+    return torch.nn.Sequential(torch.nn.Conv2d(in_ch, 8, kernel, padding=kernel // 2), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 4, kernel, padding=kernel // 2))
+
+
+def _untiled_probs(model, img, mean=128.0, std=64.0):
+    x = torch.from_numpy((img.astype(np.float32) - mean) / std)[None]
+    with torch.no_grad():
+        return torch.softmax(model(x), 1)[0].numpy()
+
+
+def _untiled(model, img):
+    probs = _untiled_probs(model, img)
+    return np.array([c["value"] for c in CLASSES], np.uint8)[probs.argmax(0)], probs.max(0)
+
+
+@pytest.fixture
+def image(make_raster):
+    rng = np.random.default_rng(3)
+    # smooth-ish texture so both tiling and class boundaries are exercised
+    base = rng.integers(0, 255, (3, 75, 95)).astype(np.float32)
+    img = np.kron(base, np.ones((1, 8, 8)))[:, :590, :750].astype(np.uint8)
+    img = (img * 0.7 + rng.integers(0, 76, img.shape)).astype(np.uint8)
+    return img, make_raster(img, name="img.tif")
+
+
+def _run(path, model, out, **kw):
+    kw.setdefault("tile_size", 128)
+    kw.setdefault("overlap", 32)
+    kw.setdefault("batch_size", 3)
+    return run_inference([EngineInput(path, mean=[128.0] * 3, std=[64.0] * 3)], TorchPredictor(model, "cpu"),
+                         out, CLASSES, **kw)
+
+
+def test_pointwise_model_tiled_equals_untiled_exactly(image, tmp_path):
+    img, path = image
+    model = _model(1)
+    res = _run(path, model, tmp_path / "o.tif", confidence_path=tmp_path / "conf.tif")
+    ref_labels, ref_conf = _untiled(model, img)
+    with rasterio.open(res.path) as ds:
+        np.testing.assert_array_equal(ds.read(1), ref_labels)
+    with rasterio.open(res.confidence_path) as ds:
+        assert np.abs(ds.read(1).astype(int) - np.rint(ref_conf * 100)).max() <= 1
+    assert res.tiles == 6 * 8 and res.valid_pixels == img.shape[1] * img.shape[2]
+    assert sum(res.class_counts.values()) == res.valid_pixels
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 16])
+def test_convolutional_model_is_seamless(image, tmp_path, batch_size):
+    """A translation-equivariant CNN gives the same map tiled as on the whole image: blending leaves
+    no seams. Pixels may only differ where the whole-image answer is a near-tie (float rounding of
+    different conv algorithms), or on the 2-pixel bottom/right raster rim where the untiled reference
+    zero-pads while edge tiles reflect."""
+    img, path = image
+    model = _model(3)
+    res = _run(path, model, tmp_path / "o.tif", batch_size=batch_size)
+    probs = _untiled_probs(model, img)
+    ref = np.array([c["value"] for c in CLASSES], np.uint8)[probs.argmax(0)]
+    top2 = np.sort(probs, axis=0)[-2:]
+    margin = top2[1] - top2[0]
+    with rasterio.open(res.path) as ds:
+        out = ds.read(1)
+    differs = out != ref
+    differs[-2:, :] = False
+    differs[:, -2:] = False
+    assert differs.mean() < 0.003
+    assert margin[differs].max(initial=0.0) < 0.05
+    # a seam would show up as a line of disagreement along tile borders (every 96 px)
+    assert differs[:, 95::96].mean() < 0.01 and differs[95::96, :].mean() < 0.01
+
+
+def test_output_grid_crs_and_format_equal_input(image, tmp_path):
+    _, path = image
+    res = _run(path, _model(1), tmp_path / "o.tif")
+    with rasterio.open(path) as src, rasterio.open(res.path) as out:
+        assert out.crs == src.crs and out.transform == src.transform
+        assert (out.width, out.height) == (src.width, src.height)
+        assert out.dtypes == ("uint8",) and out.nodata == 0
+        assert out.profile["tiled"] and out.profile["blockxsize"] == 512
+        assert out.compression.name.lower() in ("deflate", "lzw")
+        assert out.colormap(1)[2][:3] == (80, 0, 0)
+
+
+def test_input_nodata_becomes_output_nodata(make_raster, tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(1, 255, (3, 300, 260), dtype=np.uint8)
+    img[:, 100:150, 40:200] = 0
+    path = make_raster(img, nodata=0)
+    res = _run(path, _model(1), tmp_path / "o.tif")
+    with rasterio.open(res.path) as ds:
+        out = ds.read(1)
+    assert (out[100:150, 40:200] == 0).all()
+    invalid = (img == 0).any(axis=0)
+    assert ((out == 0) == invalid).all()
+    assert res.valid_pixels == (~invalid).sum()
+
+
+def test_aoi_crops_output_and_masks_outside(image, tmp_path):
+    img, path = image
+    with rasterio.open(path) as ds:
+        t = ds.transform
+    x0, y0 = t * (100, 50)
+    x1, y1 = t * (400, 350)
+    tri = {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x0, y1], [x0, y0]]]}
+    res = _run(path, _model(1), tmp_path / "o.tif", aoi={"geometry": tri, "crs": "EPSG:32633"})
+    assert res.window == Window(100, 50, 300, 300)
+    ref, _ = _untiled(_model(1), img)
+    with rasterio.open(res.path) as ds:
+        out = ds.read(1)
+        assert ds.transform == t * rasterio.Affine.translation(100, 50)
+    assert out.shape == (300, 300)
+    assert out[5, 5] == ref[55, 105] and out[290, 290] == 0
+    inside = out != 0
+    assert inside.mean() == pytest.approx(0.5, abs=0.02)
+    np.testing.assert_array_equal(out[inside], ref[50:350, 100:400][inside])
+
+
+def test_aoi_outside_raster_is_an_input_error(image, tmp_path):
+    _, path = image
+    far = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}
+    with pytest.raises(InputError, match="AOI does not overlap"):
+        _run(path, _model(1), tmp_path / "o.tif", aoi={"geometry": far, "crs": "EPSG:32633"})
+    assert list(tmp_path.glob("o*")) == []
+
+
+def test_wrong_band_count_names_needed_and_found(make_raster, tmp_path):
+    path = make_raster(np.zeros((1, 64, 64), np.uint8))
+    with pytest.raises(InputError, match="needs 3 band.*found 1"):
+        run_inference([EngineInput(path, expected_bands=3)], TorchPredictor(_model(1), "cpu"), tmp_path / "o.tif",
+                      CLASSES, tile_size=64, overlap=0)
+
+
+def test_model_with_wrong_class_count_is_reported(image, tmp_path):
+    _, path = image
+    five = torch.nn.Conv2d(3, 5, 1)
+    with pytest.raises(InputError, match="predicts 5 classes but 4"):
+        _run(path, five, tmp_path / "o.tif")
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_cancel_mid_run_leaves_no_output(image, tmp_path):
+    _, path = image
+    cancel = threading.Event()
+    calls = []
+
+    def on_progress(fraction, message):
+        calls.append(fraction)
+        if len(calls) == 4:
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        _run(path, _model(1), tmp_path / "o.tif", progress=Progress(on_progress, cancel),
+             confidence_path=tmp_path / "c.tif")
+    assert 0 < max(calls) < 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif"]
+
+
+def test_write_failure_keeps_previous_output(image, tmp_path, monkeypatch):
+    _, path = image
+    out = tmp_path / "o.tif"
+    _run(path, _model(1), out)
+    before = out.read_bytes()
+    real_flush = writer_mod.StripWriter._flush
+    state = {"n": 0}
+
+    def failing_flush(self, n):
+        state["n"] += 1
+        if state["n"] >= 1 and n > 0:
+            raise OutputError(f"could not write {self.final_name}: disk full")
+        return real_flush(self, n)
+
+    monkeypatch.setattr(writer_mod.StripWriter, "_flush", failing_flush)
+    with pytest.raises(OutputError, match="disk full"):
+        _run(path, _model(3, seed=5), out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif", "o.tif"]
+
+
+def test_os_level_disk_full_is_an_output_error(image, tmp_path, monkeypatch):
+    import errno
+    _, path = image
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", full)
+    with pytest.raises(OutputError, match="o.tif: disk full"):
+        _run(path, _model(1), tmp_path / "o.tif")
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_reads_stream_by_row_strips(make_raster, tmp_path, monkeypatch):
+    """The engine never asks for more than one tile-height strip of the input at a time."""
+    path = make_raster(np.full((3, 1100, 300), 100, np.uint8))
+    heights = []
+    real_read = AlignedRaster.read
+
+    def spy(self, window):
+        heights.append(int(window.height))
+        return real_read(self, window)
+
+    monkeypatch.setattr(AlignedRaster, "read", spy)
+    res = _run(path, _model(1), tmp_path / "o.tif", tile_size=128, overlap=32)
+    assert max(heights) <= 128
+    assert len(heights) == res.tiles // 3  # one read per tile row (3 tile columns)
+
+
+def _peak_bytes(path, out, height_tiles):
+    tracemalloc.start()
+    try:
+        _run(path, _model(1), out, tile_size=128, overlap=32, batch_size=2)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_does_not_grow_with_raster_height(make_raster, tmp_path):
+    small = make_raster(np.full((3, 400, 512), 100, np.uint8), name="small.tif")
+    big = make_raster(np.full((3, 4000, 512), 100, np.uint8), name="big.tif")
+    peak_small = _peak_bytes(small, tmp_path / "s.tif", 4)
+    peak_big = _peak_bytes(big, tmp_path / "b.tif", 40)
+    # 10x the pixels; a whole-raster float accumulator alone would add 4000*512*5*4 = 41 MB.
+    assert peak_big < 1.3 * peak_small + 2_000_000, (peak_small, peak_big)
+
+
+def test_two_inputs_in_different_crs_are_aligned_on_the_first(data_dir, tmp_path):
+    pre = data_dir / "joplin" / "pre" / "tile_337-9136.tif"
+    post = data_dir / "joplin" / "post" / "tile_31500-5137.tif"
+
+    class Diff(torch.nn.Module):
+        def forward(self, a, b):  # "change" = large difference between aligned images
+            d = (a - b).abs().mean(1, keepdim=True)
+            return torch.cat([2.0 - d, d - 2.0], 1) * 4
+
+    classes = [{"value": 1, "name": "same", "color": "#000000"}, {"value": 2, "name": "changed", "color": "#ff0000"}]
+    res = run_inference([EngineInput(pre, mean=[128] * 3, std=[32] * 3), EngineInput(post, mean=[128] * 3, std=[32] * 3)],
+                        TorchPredictor(Diff(), "cpu"), tmp_path / "chg.tif", classes, tile_size=256, overlap=32,
+                        batch_size=4)
+    with rasterio.open(pre) as a, rasterio.open(res.path) as out:
+        assert out.crs == a.crs and out.transform == a.transform and out.shape == a.shape
+        labels = out.read(1)
+    # outside the post image's footprint there is no data, inside every pixel is classified
+    with AlignedRaster(post, grid=res.grid) as src:
+        _, valid = src.read(Window(0, 0, res.grid.width, res.grid.height))
+    np.testing.assert_array_equal(labels != 0, valid)
+    assert set(np.unique(labels[valid])) <= {1, 2}
+
+
+def test_cuda_requested_without_gpu_is_an_input_error():
+    if torch.cuda.is_available():
+        assert resolve_device("cuda") == "cuda"
+    else:
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == "cpu" and resolve_device("auto") in ("cpu", "cuda")
