@@ -132,6 +132,8 @@ def read_sentinel_stack(entries: Sequence[Any], sensor: str, grid: Grid,
         if scl_path:
             scl = _read_on_grid(str(scl_path), grid, [1], Resampling.nearest, label)[0][0]
         if sensor == "s2":
+            if valid.any() and float(data[:, valid].max()) <= 2.0:
+                data = data * 10000.0  # 0..1 reflectance -> the L2A digital numbers the statistics use
             valid &= _s2_cloud_free(data, scl)
         elif valid.any() and float(np.median(data[:, valid])) > 0 and data[:, valid].min() >= 0:
             raise InputError(f"Sentinel-1 raster {path} looks like linear backscatter (all values >= 0); "

@@ -1,0 +1,222 @@
+"""Fine-tuning a segmentation model on user-digitised polygons, with a random-forest baseline on the same labels.
+
+    python -m backend.trainers.finetune --raster scene.tif --labels polygons.gpkg --class-field class \
+        --output-dir out/ [--base-model model.pth] [--epochs 10] [--freeze-encoder] [--resume]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import rasterio
+import torch
+
+from backend.datasets.polygons import build_polygon_dataset
+from backend.errors import InputError, OutputError
+from backend.progress import Progress
+from backend.trainers.metrics import format_scores
+from backend.trainers.model_file import save_segmentation_model, segmentation_meta
+from backend.trainers.random_forest import train_random_forest
+from backend.trainers.segmentation import TrainConfig, train_segmentation
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_BASE_MODEL = REPO / "resources" / "models" / "landcover_loveda_tiny.pth"
+CLASSIFIER_KEY = "conv_seg"   # the final 1x1 convolution of the decode head (replaced when classes change)
+
+
+def load_base_model(path) -> tuple[torch.nn.Module, dict]:
+    """A segmentation model file -> (model, meta); InputError when it is missing, corrupt or another task."""
+    from models.checkpoint import CheckpointError, load_model_file
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"base model {path} does not exist")
+    try:
+        model, meta = load_model_file(path)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from exc
+    if meta.get("task") != "segmentation":
+        raise InputError(f"base model {path.name} is a {meta.get('task')!r} model; fine-tuning needs a "
+                         "segmentation (land-cover) model")
+    return model, meta
+
+
+def adapt_head(base: torch.nn.Module, base_meta: dict, classes: list[dict]) -> tuple[torch.nn.Module, bool]:
+    """The base model, or a copy with a fresh classifier when the class list differs. Returns (model, replaced)."""
+    from models.registry import create_model
+
+    base_names = [c["name"] for c in base_meta.get("classes", [])]
+    if base_names == [c["name"] for c in classes]:
+        return base, False
+    arch = copy.deepcopy(base_meta["arch"])
+    kwargs = dict(arch.get("kwargs") or {})
+    kwargs["num_classes"] = len(classes)
+    model = create_model(arch["name"], **kwargs)
+    own = model.state_dict()
+    reused = {k: v for k, v in base.state_dict().items()
+              if CLASSIFIER_KEY not in k and k in own and own[k].shape == v.shape}
+    model.load_state_dict(reused, strict=False)
+    return model, True
+
+
+def _safe_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._")
+    if not cleaned:
+        raise InputError(f"output name {name!r} has no usable characters")
+    return cleaned
+
+
+def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: str = "finetuned",
+                         base_model=None, epochs: int = 10, freeze_encoder: bool = False, resume: bool = False,
+                         layer: Optional[str] = None, chip_size: int = 256, chips_per_epoch: int = 32,
+                         batch_size: int = 4, lr: Optional[float] = None, patience: int = 5,
+                         val_fraction: float = 0.25, seed: int = 0, device: str = "cpu",
+                         compare_random_forest: bool = True, progress: Optional[Progress] = None,
+                         log: Optional[Callable[[str], None]] = None) -> dict:
+    """Train on the polygons and return the pipeline result dict (model path, metrics, loss curve, RF baseline)."""
+    progress = progress or Progress()
+    log = log or (lambda message: None)
+    name = _safe_name(name)
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {output_dir}: {exc}") from exc
+
+    progress.update(0.01, "loading base model")
+    base_path = Path(base_model) if base_model else DEFAULT_BASE_MODEL
+    base, base_meta = load_base_model(base_path)
+    bands = list(base_meta.get("bands", {}).get("hr") or range(1, int(getattr(base, "in_chans", 3)) + 1))
+    normalization = base_meta["normalization"]["hr"]
+
+    progress.update(0.03, "rasterising polygons")
+    dataset = build_polygon_dataset(raster, labels, class_field, bands=bands, layer=layer,
+                                    palette_classes=base_meta.get("classes"), chip_size=chip_size,
+                                    val_fraction=val_fraction, seed=seed)
+    for note in dataset.notes:
+        log(note)
+    smallest = min(min(s.labels.shape) for s in dataset.train + dataset.val)
+    chip = min(chip_size, (smallest // 32) * 32)
+    if chip < 64:
+        raise InputError(f"the raster around the polygons is only {smallest} pixels wide; at least 64 are needed")
+    class_names = [c["name"] for c in dataset.classes]
+    log(f"{len(dataset.classes)} classes, {len(dataset.train_polygons)} training / {len(dataset.val_polygons)} "
+        f"validation polygons, pixels per class train {dataset.pixel_counts['train']} val {dataset.pixel_counts['val']}")
+
+    model, replaced = adapt_head(base, base_meta, dataset.classes)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = TrainConfig(epochs=int(epochs), chip_size=chip, chips_per_epoch=chips_per_epoch, batch_size=batch_size,
+                         lr=lr or (1e-3 if replaced else 3e-4), encoder_lr_scale=0.1, freeze_encoder=freeze_encoder,
+                         patience=patience, seed=seed, device=device, warmup_steps=0)
+    checkpoint = output_dir / f"{name}_checkpoint.pth"
+    if not resume and checkpoint.exists():
+        checkpoint.unlink()   # a new run must not continue an old one
+    outcome = train_segmentation(model, dataset.train, dataset.val, class_names, normalization, config,
+                                 checkpoint_path=checkpoint, resume=resume,
+                                 progress=progress.sub(0.05, 0.85), log=log)
+    scores = outcome.best_scores
+
+    rf_scores = None
+    if compare_random_forest:
+        progress.update(0.87, "training the random-forest baseline")
+        rf = train_random_forest(dataset.train, dataset.val, class_names, seed=seed)
+        rf_scores = {**rf.scores, "train_pixels": rf.train_pixels, "seconds": rf.seconds}
+        log(format_scores(rf_scores, "random forest (same validation polygons)"))
+
+    progress.update(0.95, "writing the model file")
+    with rasterio.open(raster) as source:
+        gsd = float(abs(source.transform.a))
+    loss_curve = [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_loss": h["val_loss"],
+                   "miou": h["miou"], "overall_accuracy": h["overall_accuracy"]} for h in outcome.history]
+    metrics = {
+        "validation": {"dataset": f"{len(dataset.val_polygons)} held-out polygons", "best_epoch": outcome.best_epoch,
+                       **scores},
+        "random_forest": rf_scores,
+        "history": loss_curve,
+    }
+    model_path = output_dir / f"{name}.pth"
+    meta = segmentation_meta(outcome.model, dataset.classes, normalization, bands=bands,
+                             tile_size=int(base_meta.get("tile_size", 512)), gsd=gsd, metrics=metrics,
+                             trained_on=f"fine-tuned from {base_path.name} on {Path(labels).name} "
+                                        f"(field {class_field!r}) over {Path(raster).name}",
+                             name=name, nodata=0, base_model=str(base_path))
+    save_segmentation_model(model_path, outcome.model, meta)
+    progress.update(1.0, f"done: validation mIoU {scores['miou']:.3f}")
+
+    per_class = []
+    for index, cls in enumerate(dataset.classes):
+        per_class.append({
+            "value": cls["value"], "name": cls["name"], "color": cls["color"],
+            "train_pixels": dataset.pixel_counts["train"][index], "val_pixels": dataset.pixel_counts["val"][index],
+            "iou": scores["iou"][index], "accuracy": scores["producers_accuracy"][index],
+            "rf_iou": rf_scores["iou"][index] if rf_scores else None,
+            "rf_accuracy": rf_scores["producers_accuracy"][index] if rf_scores else None,
+        })
+    return {
+        "outputs": [{"path": str(model_path.resolve()), "kind": "model", "role": "model"}],
+        "model": str(model_path.resolve()),
+        "checkpoint": str(checkpoint.resolve()),
+        "classes": dataset.classes,
+        "metrics": {
+            "miou": scores["miou"], "overall_accuracy": scores["overall_accuracy"], "kappa": scores["kappa"],
+            "confusion_matrix": scores["confusion_matrix"], "class_names": class_names,
+            "best_epoch": outcome.best_epoch, "epochs_run": len(outcome.history),
+            "stopped_early": outcome.stopped_early, "resumed_from_epoch": outcome.resumed_from,
+            "head_replaced": replaced, "freeze_encoder": freeze_encoder,
+            "random_forest": None if rf_scores is None else {
+                "miou": rf_scores["miou"], "overall_accuracy": rf_scores["overall_accuracy"],
+                "kappa": rf_scores["kappa"], "confusion_matrix": rf_scores["confusion_matrix"]},
+        },
+        "loss_curve": loss_curve,
+        "per_class": per_class,
+        "train_polygons": dataset.train_polygons, "val_polygons": dataset.val_polygons,
+        "notes": dataset.notes,
+        "device": device,
+    }
+
+
+def format_finetune_result(result: dict) -> str:
+    """Plain-text summary for the CLI: loss curve, then fine-tuned vs random forest per class."""
+    metrics = result["metrics"]
+    lines = [f"model: {result['model']}", "epoch  train_loss  val_loss  val_mIoU"]
+    for point in result["loss_curve"]:
+        lines.append(f"{point['epoch']:>5}  {point['train_loss']:>10.4f}  {point['val_loss']:>8.4f}  {point['miou']:>8.3f}")
+    rf = metrics.get("random_forest")
+    lines.append(f"{'':<16}{'fine-tuned':>12}{'random forest':>15}")
+    lines.append(f"{'OA':<16}{metrics['overall_accuracy']:>12.3f}{(rf['overall_accuracy'] if rf else float('nan')):>15.3f}")
+    lines.append(f"{'mIoU':<16}{metrics['miou']:>12.3f}{(rf['miou'] if rf else float('nan')):>15.3f}")
+    for row in result["per_class"]:
+        fine = "n/a" if row["iou"] is None else f"{row['iou']:.3f}"
+        base = "n/a" if row["rf_iou"] is None else f"{row['rf_iou']:.3f}"
+        lines.append(f"{'IoU ' + row['name'][:12]:<16}{fine:>12}{base:>15}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Fine-tune a land-cover model on labelled polygons.")
+    parser.add_argument("--raster", required=True)
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--class-field", required=True)
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--name", default="finetuned")
+    parser.add_argument("--base-model", default=None)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--freeze-encoder", action="store_true")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--layer", default=None)
+    args = parser.parse_args(argv)
+    result = finetune_on_polygons(args.raster, args.labels, args.class_field, args.output_dir, name=args.name,
+                                  base_model=args.base_model, epochs=args.epochs,
+                                  freeze_encoder=args.freeze_encoder, resume=args.resume, layer=args.layer,
+                                  log=lambda message: print(message, flush=True))
+    print(format_finetune_result(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
