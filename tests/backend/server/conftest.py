@@ -77,15 +77,19 @@ class ProbeParams(OutputParams):
 
 
 def raster_probe_pipeline(params: dict, progress) -> dict:
+    """Reads every 256-pixel window (of the first 2048x2048) like the tiled pipelines do."""
     from rasterio.windows import Window
 
-    from backend.io.raster import open_raster
-    progress.update(0.1, "opening raster")
-    with open_raster(params["path"], allow_pixel_grid=True) as ds:
-        window = Window(0, 0, min(256, ds.width), min(256, ds.height))
-        data = ds.read(window=window)
-    progress.update(1.0, "read")
-    return {"outputs": [], "shape": list(data.shape)}
+    from backend.io.raster import AlignedRaster
+    progress.update(0.05, "opening raster")
+    with AlignedRaster(params["path"], allow_pixel_grid=True) as src:
+        height, width = min(src.grid.height, 2048), min(src.grid.width, 2048)
+        windows = [Window(c, r, min(256, width - c), min(256, height - r))
+                   for r in range(0, height, 256) for c in range(0, width, 256)]
+        for i, window in enumerate(windows):
+            data, valid = src.read(window)
+            progress.update((i + 1) / len(windows), f"window {i + 1}/{len(windows)}")
+    return {"outputs": [], "windows": len(windows), "bands": int(data.shape[0])}
 
 
 def wait_job(client, job_id: str, timeout: float = 60.0) -> dict:
