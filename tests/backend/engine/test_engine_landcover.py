@@ -1,0 +1,134 @@
+"""Land-cover pipeline end to end on real Joplin imagery with a small SkySense segmentation model file."""
+import json
+import sys
+import types
+import xml.etree.ElementTree as ET
+
+import fiona
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+
+from backend.errors import CancelledError, InputError
+from backend.pipelines import landcover
+from backend.progress import Progress
+
+PRE = "joplin/pre/tile_337-9136.tif"
+# ~150 m x 120 m inside the pre tile (EPSG:4326 lon/lat)
+AOI = {"geometry": {"type": "Polygon", "coordinates": [[[-94.4985, 37.0740], [-94.4968, 37.0740],
+                                                        [-94.4968, 37.0751], [-94.4985, 37.0751],
+                                                        [-94.4985, 37.0740]]]},
+       "crs": "EPSG:4326"}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, repo_root):
+    from models.checkpoint import save_model_file
+    from models.registry import create_model
+    import torch
+
+    torch.manual_seed(0)
+    model = create_model("skysense_seg_tiny", num_classes=7)
+    classes = json.loads((repo_root / "resources" / "palettes" / "loveda.json").read_text())["classes"]
+    path = tmp_path_factory.mktemp("model") / "lc.pth"
+    save_model_file(path, model, {"task": "segmentation", "classes": classes, "bands": {"hr": [1, 2, 3]},
+                                  "normalization": {"hr": {"mean": [123.675, 116.28, 103.53],
+                                                           "std": [58.395, 57.12, 57.375]}},
+                                  "tile_size": 256, "gsd": 0.6})
+    return path
+
+
+def _params(data_dir, model_file, out, **extra):
+    params = {"hr": [{"path": str(data_dir / PRE), "bands": [1, 2, 3]}], "s2": [], "s1": [], "model": str(model_file),
+              "output_dir": str(out), "name": "landcover", "tile_size": 128, "overlap": 32, "batch_size": 4,
+              "device": "cpu", "aoi": AOI, "vectorize": True, "min_area": 0, "simplify": 0}
+    params.update(extra)
+    return params
+
+
+def test_landcover_outputs_are_complete_and_consistent(data_dir, model_file, tmp_path):
+    seen = []
+    result = landcover.run(_params(data_dir, model_file, tmp_path, shapefile=True, min_area=2.0),
+                           Progress(lambda f, m: seen.append(f)))
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    assert result["device"] == "cpu"
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["landcover.cpg", "landcover.dbf", "landcover.gpkg", "landcover.prj", "landcover.qml",
+                     "landcover.shp", "landcover.shx", "landcover.tif", "landcover_preview.png",
+                     "landcover_vector.qml"]
+    roles = {(o["kind"], o["role"], o["path"].rsplit(".", 1)[1]) for o in result["outputs"]}
+    assert roles == {("raster", "classes", "tif"), ("vector", "polygons", "gpkg"), ("vector", "polygons", "shp"),
+                     ("image", "preview", "png")}
+    with rasterio.open(data_dir / PRE) as src, rasterio.open(tmp_path / "landcover.tif") as out:
+        assert out.crs == src.crs and out.res == src.res
+        # output pixels sit exactly on the input grid
+        col, row = ~src.transform * (out.transform.c, out.transform.f)
+        assert abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
+        labels = out.read(1)
+    values = {c["value"] for c in result["classes"]}
+    assert set(np.unique(labels)) <= values | {0}
+    assert sum(result["metrics"]["class_pixels"].values()) == (labels != 0).sum()
+    qml = ET.fromstring((tmp_path / "landcover.qml").read_text().split("\n", 1)[1])
+    assert {e.get("label") for e in qml.iter("paletteEntry")} == {c["name"] for c in result["classes"]}
+    with fiona.open(tmp_path / "landcover.gpkg", layer="landcover") as layer:
+        assert layer.crs.to_epsg() == 26915
+        areas = [f["properties"]["area_m2"] for f in layer]
+        assert len(areas) == result["metrics"]["features"] > 0 and min(areas) >= 2.0
+    with fiona.open(tmp_path / "landcover.shp") as layer:
+        assert layer.crs.to_epsg() == 26915 and len(layer) == len(areas)
+    assert Image.open(tmp_path / "landcover_preview.png").mode == "RGBA"
+
+
+def test_landcover_without_vectors_and_with_confidence(data_dir, model_file, tmp_path):
+    result = landcover.run(_params(data_dir, model_file, tmp_path, vectorize=False, confidence=True))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["landcover.qml", "landcover.tif", "landcover_confidence.tif", "landcover_preview.png"]
+    with rasterio.open(tmp_path / "landcover_confidence.tif") as ds:
+        conf = ds.read(1)
+        assert ds.nodata == 255
+    with rasterio.open(tmp_path / "landcover.tif") as ds:
+        labels = ds.read(1)
+    np.testing.assert_array_equal(conf == 255, labels == 0)  # same nodata (outside the rotated AOI)
+    valid = conf[conf != 255]
+    assert valid.size > 0.9 * conf.size and valid.max() <= 100 and valid.min() >= 100 // 7
+    assert any(o["role"] == "confidence" for o in result["outputs"])
+
+
+def test_landcover_cancel_leaves_nothing(data_dir, model_file, tmp_path):
+    cancel = __import__("threading").Event()
+
+    def on_progress(fraction, message):
+        if fraction > 0.1:
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        landcover.run(_params(data_dir, model_file, tmp_path, aoi=None), Progress(on_progress, cancel))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_landcover_rejects_bad_params(data_dir, model_file, tmp_path):
+    with pytest.raises(InputError, match="no input raster"):
+        landcover.run(_params(data_dir, model_file, tmp_path, hr=[]))
+    with pytest.raises(InputError, match="plain file name"):
+        landcover.run(_params(data_dir, model_file, tmp_path, name="../evil"))
+    with pytest.raises(InputError, match="model file not found"):
+        landcover.run(_params(data_dir, model_file, tmp_path, model=str(tmp_path / "missing.pth")))
+    with pytest.raises(InputError, match="needs 3 band"):
+        landcover.run(_params(data_dir, model_file, tmp_path, hr=[{"path": str(data_dir / PRE), "bands": [1]}]))
+    with pytest.raises(InputError, match="no CRS"):
+        landcover.run(_params(data_dir, model_file, tmp_path, aoi=None,
+                              hr=[{"path": str(data_dir / "loveda" / "img_dir" / "0.png")}]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sentinel_series_are_handed_to_the_temporal_pipeline(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("backend.pipelines.temporal")
+    fake.run_temporal_landcover = lambda params, progress: calls.append(params) or {"outputs": [], "device": "cpu"}
+    monkeypatch.setitem(sys.modules, "backend.pipelines.temporal", fake)
+    import backend.pipelines as pipelines_pkg
+    monkeypatch.setattr(pipelines_pkg, "temporal", fake, raising=False)
+    params = {"hr": [{"path": "x.tif"}], "s2": [{"path": "s2.tif", "date": "2021-06-01"}], "output_dir": str(tmp_path)}
+    assert landcover.run(params, Progress()) == {"outputs": [], "device": "cpu"}
+    assert calls == [params]
