@@ -15,7 +15,6 @@ import math
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-from xml.sax.saxutils import quoteattr
 
 import numpy as np
 import rasterio
@@ -31,6 +30,7 @@ from backend.inference.predictors import TorchPredictor, resolve_device
 from backend.io.aoi import aoi_window, parse_aoi
 from backend.io.atomic import AtomicOutputs, describe_os_error
 from backend.io.raster import Grid, open_raster
+from backend.io.style import raster_qml, vector_qml, write_qml
 from backend.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,12 +283,24 @@ def pixel_area(grid: Grid) -> Tuple[float, str]:
     return (area, "m2") if area is not None else (1.0, "px")
 
 
+def metres_to_grid_units(grid: Grid, metres: float) -> float:
+    """A length in metres in the grid CRS's units (degrees for geographic grids, pixels for pixel grids)."""
+    if grid.crs is None:
+        return metres * max(grid.res)
+    if grid.crs.is_geographic:
+        lat = (grid.bounds[1] + grid.bounds[3]) / 2.0
+        return metres / (111_320.0 * max(math.cos(math.radians(lat)), 1e-6))
+    factor = grid.crs.linear_units_factor[1] if grid.crs.linear_units_factor else 1.0
+    return metres / factor
+
+
 def mask_polygons(mask: np.ndarray, grid: Grid, min_area: float = 0.0,
                   simplify: float = 0.0) -> Tuple[List[Any], np.ndarray, np.ndarray]:
     """Connected regions of mask (4-connectivity) as polygons in the grid CRS.
 
     Returns (geometries, component label image int32 [H,W], kept component ids); regions smaller
-    than min_area (m², or pixels on ungeoreferenced grids) are dropped.
+    than min_area (m², or pixels on ungeoreferenced grids) are dropped; simplify is a tolerance in
+    metres (pixels on ungeoreferenced grids).
     """
     from scipy import ndimage
 
@@ -301,6 +313,7 @@ def mask_polygons(mask: np.ndarray, grid: Grid, min_area: float = 0.0,
     keep = np.nonzero(area_px * unit_area >= float(min_area))[0]
     keep = keep[keep > 0]
     keep_mask = np.isin(labels, keep)
+    tolerance = metres_to_grid_units(grid, float(simplify)) if simplify > 0 else 0.0
     parts: Dict[int, list] = {}
     for geom, value in rasterio.features.shapes(labels, mask=keep_mask, transform=grid.transform, connectivity=4):
         parts.setdefault(int(value), []).append(shapely.geometry.shape(geom))
@@ -308,7 +321,7 @@ def mask_polygons(mask: np.ndarray, grid: Grid, min_area: float = 0.0,
     for cid in keep:
         shape = shapely.union_all(parts[int(cid)]) if len(parts[int(cid)]) > 1 else parts[int(cid)][0]
         if simplify > 0:
-            shape = shape.simplify(float(simplify), preserve_topology=True)
+            shape = shape.simplify(tolerance, preserve_topology=True)
         geoms.append(shape)
     return geoms, labels, keep
 
@@ -342,58 +355,6 @@ def write_polygons(path: Path, layer: str, geoms: Sequence, records: Sequence[Di
                 dst.write({"geometry": shapely.geometry.mapping(geom), "properties": record})
     except Exception as exc:
         raise OutputError(f"could not write {final_name or path}: {describe_os_error(exc)}") from None
-
-
-# ----------------------------------------------------------------------------- styles
-
-def _qgis_color(color: str) -> Tuple[str, int]:
-    text = color.lstrip("#")
-    alpha = int(text[6:8], 16) if len(text) == 8 else 255
-    return "#" + text[:6], alpha
-
-
-def write_paletted_qml(path: Path, entries: Sequence[Dict[str, Any]]) -> None:
-    """Paletted raster style: one entry per class value (colour with optional alpha: #rrggbbaa)."""
-    rows = []
-    for entry in entries:
-        color, alpha = _qgis_color(entry["color"])
-        rows.append(f'        <paletteEntry value="{int(entry["value"])}" color="{color}" alpha="{alpha}" '
-                    f'label={quoteattr(str(entry["name"]))}/>')
-    text = ("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-            '<qgis version="3.22.0" styleCategories="AllStyleCategories">\n  <pipe>\n'
-            '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">\n'
-            "      <rasterTransparency/>\n      <colorPalette>\n" + "\n".join(rows) + "\n"
-            "      </colorPalette>\n    </rasterrenderer>\n  </pipe>\n</qgis>\n")
-    Path(path).write_text(text)
-
-
-def _fill_symbol(name: str, color: str, alpha: int = 110) -> str:
-    rgb = ",".join(str(int(color.lstrip("#")[k:k + 2], 16)) for k in (0, 2, 4))
-    return (f'<symbol type="fill" name="{name}" alpha="1" clip_to_extent="1" force_rhr="0">'
-            f'<layer class="SimpleFill" enabled="1" locked="0" pass="0">'
-            f'<Option type="Map">'
-            f'<Option type="QString" name="color" value="{rgb},{alpha}"/>'
-            f'<Option type="QString" name="outline_color" value="{rgb},255"/>'
-            f'<Option type="QString" name="outline_width" value="0.4"/>'
-            f'<Option type="QString" name="outline_width_unit" value="MM"/>'
-            f'<Option type="QString" name="style" value="solid"/>'
-            f'</Option></layer></symbol>')
-
-
-def write_vector_qml(path: Path, color: str = "#ff00ff", field: Optional[str] = None,
-                     categories: Optional[Sequence[Dict[str, Any]]] = None) -> None:
-    """Single-colour fill style, or categories on `field` ({"value", "name", "color"} each)."""
-    if field and categories:
-        cats = "".join(f'<category render="true" symbol="{k}" value="{c["value"]}" label={quoteattr(c["name"])}/>'
-                       for k, c in enumerate(categories))
-        symbols = "".join(_fill_symbol(str(k), c["color"]) for k, c in enumerate(categories))
-        renderer = (f'<renderer-v2 type="categorizedSymbol" attr="{field}" symbollevels="0" enableorderby="0">'
-                    f"<categories>{cats}</categories><symbols>{symbols}</symbols></renderer-v2>")
-    else:
-        renderer = (f'<renderer-v2 type="singleSymbol" symbollevels="0" enableorderby="0">'
-                    f"<symbols>{_fill_symbol('0', color)}</symbols></renderer-v2>")
-    Path(path).write_text("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-                          f'<qgis version="3.22.0" styleCategories="Symbology">{renderer}</qgis>\n')
 
 
 # ----------------------------------------------------------------------------- from-to
@@ -451,7 +412,7 @@ def run_change(params: Dict[str, Any], progress: Optional[Progress] = None) -> D
     params: pre, post (path, {"path", "bands"}, or a list of tiles of one date -> mosaic), output_dir, name="change", model=None (default
     LEVIR-CD model), landcover_model=None, aoi=None, tile_size=None (model's), overlap=32,
     batch_size=4, device="auto", threshold=0.5, symmetric=True, vectorize=True, min_area=0
-    (m², pixels on ungeoreferenced images), simplify=0 (CRS units).
+    (m², pixels on ungeoreferenced images), simplify=0 (metres).
     """
     progress = progress or Progress()
     for key in ("pre", "post", "output_dir"):
@@ -488,7 +449,7 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
         grid, prob, valid = found["grid"], found["probability"], found["valid"]
         change = (prob >= 0.5) & valid
         palette = json.loads(CHANGE_PALETTE.read_text())["classes"]
-        write_paletted_qml(outputs.path_for(paths["mask_qml"]), palette)
+        write_qml(outputs.path_for(paths["mask_qml"]), raster_qml(palette), paths["mask_qml"])
         unit_area, unit = pixel_area(grid)
         outs = [{"path": str(paths["mask"]), "kind": "raster", "role": "change", "qml": str(paths["mask_qml"])},
                 {"path": str(paths["probability"]), "kind": "raster", "role": "probability",
@@ -519,9 +480,9 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
             _write_raster(outputs.path_for(paths["from_to"]), codes, grid, 0, paths["from_to"])
             table = from_to_table(codes, class_names, unit_area, unit)
             colors = {int(c["value"]): c.get("color", "#808080") for c in lc_meta["classes"]}
-            write_paletted_qml(outputs.path_for(paths["from_to_qml"]),
-                               [{"value": r["code"], "name": f"{r['from_class']} -> {r['to_class']}",
-                                 "color": colors.get(r["code"] % 100, "#808080")} for r in table])
+            from_to_classes = [{"value": r["code"], "name": f"{r['from_class']} -> {r['to_class']}",
+                                "color": colors.get(r["code"] % 100, "#808080")} for r in table]
+            write_qml(outputs.path_for(paths["from_to_qml"]), raster_qml(from_to_classes), paths["from_to_qml"])
             with open(outputs.path_for(paths["table"]), "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=["code", "from_class", "to_class", "pixels", f"area_{unit}"])
                 writer.writeheader()
@@ -543,9 +504,9 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
             from scipy import ndimage
             mean_prob = ndimage.mean(prob, labels, keep) if len(keep) else []
             area_px = np.bincount(labels.ravel())[keep] if len(keep) else []
-            records = [{"id": k + 1, f"area_{unit}": round(float(area_px[k]) * unit_area, 2),
+            records = [{"id": k + 1, "class_id": 1, f"area_{unit}": round(float(area_px[k]) * unit_area, 2),
                         "mean_probability": round(float(mean_prob[k]), 4)} for k in range(len(keep))]
-            fields = {"id": "int", f"area_{unit}": "float", "mean_probability": "float"}
+            fields = {"id": "int", "class_id": "int", f"area_{unit}": "float", "mean_probability": "float"}
             if codes is not None:
                 src = component_majority(labels, keep, pre_classes)
                 dst = component_majority(labels, keep, post_classes)
@@ -554,7 +515,8 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
                                    "from_to": f"{class_names.get(a, a)} -> {class_names.get(b, b)}"})
                 fields.update({"from_class": "str", "to_class": "str", "from_to": "str"})
             write_polygons(outputs.path_for(paths["vector"]), name, geoms, records, fields, grid.crs, paths["vector"])
-            write_vector_qml(outputs.path_for(paths["vector_qml"]), "#ff00ff")
+            write_qml(outputs.path_for(paths["vector_qml"]), vector_qml([palette[1]], field="class_id", outline=True,
+                                                                    fill_alpha=110), paths["vector_qml"])
             metrics["polygons"] = len(geoms)
             outs.append({"path": str(paths["vector"]), "kind": "vector", "role": "polygons", "layer": name,
                          "qml": str(paths["vector_qml"])})

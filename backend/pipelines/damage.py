@@ -56,17 +56,6 @@ def classify_damage(score: np.ndarray, thresholds: Sequence[float] = DAMAGE_THRE
     return (np.digitize(np.asarray(score, np.float64), np.asarray(thresholds)) + 1).astype(np.int64)
 
 
-def metres_to_grid_units(grid: Grid, metres: float) -> float:
-    """A length in metres expressed in the grid CRS's units (degrees for geographic grids)."""
-    if grid.crs is None:
-        return metres / max(grid.res)  # pixel grids: treat one pixel as the only known unit
-    if grid.crs.is_geographic:
-        lat = (grid.bounds[1] + grid.bounds[3]) / 2.0
-        return metres / (111_320.0 * max(math.cos(math.radians(lat)), 1e-6))
-    factor = grid.crs.linear_units_factor[1] if grid.crs.linear_units_factor else 1.0
-    return metres / factor
-
-
 def _label_image(geoms: Sequence, grid: Grid, all_touched: bool = False) -> np.ndarray:
     """int32 [H,W]: 1-based index of the geometry covering each pixel centre, 0 elsewhere."""
     shapes = [(shapely.geometry.mapping(g), i + 1) for i, g in enumerate(geoms) if not g.is_empty]
@@ -99,6 +88,8 @@ def building_change_stats(probability: np.ndarray, valid: np.ndarray, grid: Grid
         touched = _label_image([footprints[i - 1] for i in missing], grid, all_touched=True)
         fill = (ids == 0) & (touched > 0)
         ids[fill] = missing[touched[fill] - 1]
+    from backend.pipelines.change import metres_to_grid_units
+
     ring_width = metres_to_grid_units(grid, ring_m)
     rings = [g.buffer(ring_width).difference(g) if ring_m > 0 else shapely.geometry.Polygon() for g in footprints]
     ring_ids = _label_image(rings, grid)
@@ -266,8 +257,9 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
     from backend.inference.predictors import resolve_device
     from backend.io.atomic import AtomicOutputs
     from backend.io.writer import class_colormap
+    from backend.io.style import raster_qml, vector_qml, write_qml
     from backend.pipelines.change import (DEFAULT_LANDCOVER_MODEL, _float_param, _write_raster, pixel_area,
-                                          predict_change, write_paletted_qml, write_polygons, write_vector_qml)
+                                          predict_change, write_polygons)
 
     name = str(params.get("name") or "damage")
     if not name.replace("_", "").replace("-", "").isalnum():
@@ -320,7 +312,7 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
         _write_raster(outputs.path_for(paths["raster"]), raster, grid, 0, paths["raster"])
         with rasterio.open(outputs.path_for(paths["raster"]), "r+") as dst:
             dst.write_colormap(1, class_colormap(classes, 0))
-        write_paletted_qml(outputs.path_for(paths["raster_qml"]), classes)
+        write_qml(outputs.path_for(paths["raster_qml"]), raster_qml(classes), paths["raster_qml"])
 
         names = {int(c["value"]): c["name"] for c in classes}
         unit_area, unit = pixel_area(grid)
@@ -342,7 +334,8 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
                   "mean_change_probability": "float", "coverage": "float", f"area_{unit}": "float"}
         write_polygons(outputs.path_for(paths["vector"]), name, [geoms[i] for i in assessed], records, fields,
                        grid.crs, paths["vector"])
-        write_vector_qml(outputs.path_for(paths["vector_qml"]), field="damage", categories=classes)
+        write_qml(outputs.path_for(paths["vector_qml"]), vector_qml(classes, field="damage", outline=True),
+                  paths["vector_qml"])
         progress.update(0.97, "writing outputs")
 
     counts = {c["name"]: int(sum(1 for r in records if r["damage"] == c["value"])) for c in classes}

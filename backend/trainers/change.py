@@ -39,16 +39,14 @@ def hr_normalization() -> Dict[str, list]:
 
 
 def _save(out_path: Path, model, meta: Dict[str, Any]) -> None:
-    try:
-        from models.checkpoint import save_model_file
-    except ImportError:  # models.checkpoint not landed yet: same documented format, temp file + rename
-        record = dict(meta, arch=getattr(model, "arch", {"name": CHANGE_ARCH, "kwargs": {}}),
-                      state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()})
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        torch.save(record, tmp)
-        tmp.replace(out_path)
-        return
-    save_model_file(out_path, model, meta)
+    """Save as fp16 (half the size; load_model_file returns fp32)."""
+    import copy
+
+    from models.checkpoint import save_model_file
+
+    half = copy.deepcopy(model).half()
+    half.arch = getattr(model, "arch", {"name": CHANGE_ARCH, "kwargs": {}})
+    save_model_file(out_path, half, meta)
 
 
 def change_scores(tp: int, fp: int, fn: int) -> Dict[str, float]:
