@@ -53,13 +53,14 @@ def landcover_params(hr: QgsRasterLayer, output_dir: str, name: str, *, bands: S
                      s2=(), s1=(), model: Optional[str] = None, tile_size: int = 512, overlap: int = 64,
                      batch_size: int = 4, device: str = "auto", aoi: Optional[dict] = None,
                      vectorize: bool = True, min_area: float = 0.0, simplify: float = 0.0) -> dict:
-    if hr is not None and hr.bandCount() < max(bands):
+    hr_path = raster_path(hr)  # refuses non-file layers before anything else is checked
+    if hr.bandCount() < max(bands):
         raise LayerSourceError(f"Layer '{hr.name()}' has {hr.bandCount()} band(s); the model reads bands "
                                f"{list(bands)}.")
     if overlap * 2 >= tile_size:
         raise LayerSourceError(f"Overlap {overlap} is too large for tiles of {tile_size} pixels.")
     return {
-        "hr": [{"path": raster_path(hr), "bands": list(bands)}],
+        "hr": [{"path": hr_path, "bands": list(bands)}],
         "s2": dated_stack(s2, "Sentinel-2"),
         "s1": dated_stack(s1, "Sentinel-1"),
         "model": model or None,

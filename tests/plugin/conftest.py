@@ -194,3 +194,39 @@ def plugin_helpers():
     from types import SimpleNamespace
     return SimpleNamespace(LOVEDA_CLASSES=LOVEDA_CLASSES, write_class_raster=write_class_raster,
                            write_georef_crop=write_georef_crop, wait_until=wait_until)
+
+
+DEFAULT_LANDCOVER_MODEL = ROOT / "resources" / "models" / "landcover_loveda_tiny.pth"
+
+_MAKE_MODEL = """
+import json, sys
+from models.registry import create_model
+from models.checkpoint import save_model_file
+classes = json.load(open('resources/palettes/loveda.json'))['classes']
+model = create_model('skysense_seg_tiny', num_classes=len(classes))
+save_model_file(sys.argv[1], model, {'task': 'segmentation', 'classes': classes, 'bands': {'hr': [1, 2, 3]},
+    'normalization': {'hr': {'mean': [123.675, 116.28, 103.53], 'std': [58.395, 57.12, 57.375]}},
+    'tile_size': 256, 'gsd': 0.3, 'trained_on': 'untrained (plugin plumbing test)'})
+"""
+
+
+@pytest.fixture(scope="session")
+def landcover_model(tmp_path_factory, backend_python_session) -> Path:
+    """The bundled default land-cover model; before it is trained, an untrained model of the same
+    architecture made by the backend's own API (these tests check plumbing and styling, not accuracy)."""
+    if DEFAULT_LANDCOVER_MODEL.is_file():
+        return DEFAULT_LANDCOVER_MODEL
+    import subprocess
+    path = tmp_path_factory.mktemp("models") / "landcover_untrained.pth"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([backend_python_session, "-c", _MAKE_MODEL, str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+@pytest.fixture(scope="session")
+def backend_python_session() -> str:
+    path = os.environ.get("SKYSENSE_BACKEND_PYTHON") or str(ROOT / ".venv" / "backend" / "bin" / "python")
+    assert Path(path).exists(), f"backend interpreter {path} not found (set SKYSENSE_BACKEND_PYTHON)"
+    return path

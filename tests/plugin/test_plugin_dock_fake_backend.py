@@ -170,3 +170,14 @@ def test_finetune_page_shows_loss_curve_and_accuracy(plugin):
     assert "85.0 %" in page.summary.text() and "/m/model.pth" in page.summary.text()
     image = page.plot.grab()
     assert not image.isNull()
+
+
+def test_web_map_layer_is_refused_by_the_dock(plugin, fake_backend):
+    wms = QgsRasterLayer("crs=EPSG:3857&format=image/png&layers=osm&styles=&url=http://127.0.0.1:9/wms",
+                         "basemap", "wms")
+    QgsProject.instance().addMapLayer(wms)
+    plugin.dock.landcover.hr_layer.setLayer(wms)
+    assert plugin.dock.landcover.hr_layer.currentLayer() is wms
+    plugin.dock.landcover.run_button.click()
+    assert "'basemap' is a wms layer, not a raster file" in _criticals(plugin.iface)[-1]
+    assert not [r for r in fake_backend.requests if r[0] == "/jobs"]

@@ -1,0 +1,118 @@
+"""End to end in real QGIS with the REAL backend process, started by the plugin's own BackendManager
+with the interpreter from SKYSENSE_BACKEND_PYTHON, on a georeferenced crop of a real LoveDA tile."""
+import os
+import signal
+
+import pytest
+from osgeo import gdal
+from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
+
+import skysense_qgis
+from skysense_qgis.backend_manager import BackendManager, set_shared_manager
+
+LOVEDA_NAMES = ["background", "building", "road", "water", "barren", "forest", "agriculture"]
+
+
+@pytest.fixture
+def real_plugin(qgis_iface, qgis_new_project, backend_python, tmp_path):
+    manager = BackendManager(interpreter=backend_python, state_dir=str(tmp_path / "backend_state"))
+    set_shared_manager(manager)
+    plugin = skysense_qgis.classFactory(qgis_iface)
+    plugin.initGui()
+    plugin.show_section(0)
+    plugin.dock.output_dir.setFilePath(str(tmp_path / "results"))
+    qgis_iface.messageBar().clear_messages()
+    yield plugin
+    plugin.unload()  # stops the backend process
+    assert manager.process is None
+    set_shared_manager(None)
+
+
+def _setup_landcover(plugin, raster_path, model_path, name="loveda 2023"):
+    layer = QgsRasterLayer(str(raster_path), name)
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    page = plugin.dock.landcover
+    page.hr_layer.setLayer(layer)
+    page.model.set_model_path(str(model_path))
+    page.tile_size.setValue(256)
+    page.overlap.setValue(32)
+    page.device.setCurrentIndex(page.device.findData("cpu"))
+    return layer
+
+
+def test_map_land_cover_through_the_dock_with_the_real_backend(real_plugin, loveda_crop, landcover_model,
+                                                               plugin_helpers, tmp_path):
+    dock = real_plugin.dock
+    _setup_landcover(real_plugin, loveda_crop, landcover_model)
+    assert not dock.manager.is_running()
+    dock.landcover.run_button.click()  # starts the backend, then submits the job
+    plugin_helpers.wait_until(lambda: dock.last_result is not None or "failed" in dock.job_panel.status.text()
+                              or real_plugin.iface.messageBar().get_messages(2), 180, "the land-cover job")
+    assert dock.last_result is not None, dock.job_panel.status.text()
+    assert dock.manager.is_running() and "CPU" in dock.backend.status.text()
+
+    group = dock.last_group
+    assert group.name().startswith("landcover_")
+    layers = {node.layer().name(): node.layer() for node in group.findLayers()}
+    raster = layers["landcover classes"]
+    assert raster.renderer().type() == "paletted"
+    assert [label for label, _ in raster.renderer().legendSymbologyItems()] == LOVEDA_NAMES
+    assert raster.crs().authid() == "EPSG:32650"
+    assert raster.width() == 256 and raster.height() == 256
+    polygons = layers["landcover polygons"]
+    assert isinstance(polygons, QgsVectorLayer) and polygons.featureCount() > 0
+
+    # Export the polygons from the dock: shapefile with the same CRS and attributes.
+    dock.results.vector_layer.setLayer(polygons)
+    written = dock.export_to(str(tmp_path / "landcover_polygons.shp"))
+    shp = QgsVectorLayer(written, "shp", "ogr")
+    assert shp.isValid() and shp.featureCount() == polygons.featureCount()
+    assert shp.crs().authid() == "EPSG:32650"
+    src_fields = [f.name() for f in polygons.fields() if f.name() != "fid"]
+    assert src_fields and all(name in shp.fields().names() for name in src_fields)
+    assert sorted(f["class_name"] for f in shp.getFeatures()) == sorted(f["class_name"] for f in polygons.getFeatures())
+
+
+def test_processing_landcover_algorithm_with_the_real_backend(real_plugin, loveda_crop, landcover_model, tmp_path):
+    import processing
+    layer = QgsRasterLayer(str(loveda_crop), "hr")
+    out = processing.run("skysense:landcover", {
+        "INPUT": layer, "BANDS": [1, 2, 3], "MODEL": str(landcover_model), "TILE_SIZE": 256, "OVERLAP": 32,
+        "DEVICE": 1, "VECTORIZE": False, "OUTPUT_FOLDER": str(tmp_path / "proc")})
+    classes = QgsRasterLayer(out["CLASSES"], "classes")
+    assert classes.isValid() and classes.crs().authid() == "EPSG:32650"
+    assert out["POLYGONS"] is None
+    assert os.path.dirname(out["CLASSES"]) == str(tmp_path / "proc")
+
+
+def test_processing_refuses_a_non_file_layer_with_a_clear_message(real_plugin, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+    wms = QgsRasterLayer("crs=EPSG:3857&format=image/png&layers=osm&styles=&url=http://127.0.0.1:9/wms",
+                         "basemap", "wms")
+    QgsProject.instance().addMapLayer(wms)
+    with pytest.raises(QgsProcessingException) as info:
+        processing.run("skysense:landcover", {"INPUT": wms, "BANDS": [1, 2, 3], "OUTPUT_FOLDER": str(tmp_path)})
+    assert "Layer 'basemap' is a wms layer, not a raster file" in str(info.value)
+    assert not real_plugin.dock.manager.is_running()  # refused before the backend was even needed
+
+
+def test_backend_killed_mid_job_is_detected_and_can_be_restarted(real_plugin, data_dir, landcover_model,
+                                                                  plugin_helpers, tmp_path):
+    big = plugin_helpers.write_georef_crop(data_dir / "loveda" / "img_dir" / "1.png", tmp_path / "big.tif",
+                                           size=1024)
+    dock = real_plugin.dock
+    _setup_landcover(real_plugin, big, landcover_model)
+    dock.landcover.tile_size.setValue(128)
+    dock.landcover.run_button.click()
+    plugin_helpers.wait_until(lambda: dock.task is not None and dock.task.job_id is not None, 120, "a submitted job")
+    os.kill(dock.manager.process.pid, signal.SIGKILL)
+    plugin_helpers.wait_until(lambda: dock.task is None, 60, "the plugin to notice the dead backend")
+    assert dock.last_result is None
+    assert dock.restart_button is not None
+    assert "exit code -9" in dock.backend.status.text()
+    assert not list((tmp_path / "results").glob("landcover_*.tif"))
+    dock.restart_button.click()
+    plugin_helpers.wait_until(lambda: dock.manager.is_ready(), 120, "the restarted backend")
+    assert dock.manager.client().health()["status"] == "ok"
