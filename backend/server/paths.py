@@ -13,7 +13,7 @@ from backend.server.schemas import check_name
 
 # Param keys (at any nesting depth) that hold input file paths.
 INPUT_KEYS = frozenset({"path", "model", "landcover_model", "pre", "post", "buildings",
-                        "raster", "labels", "base_model", "source"})
+                        "raster", "labels", "base_model", "source", "scl"})
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qmd")
 
 
@@ -32,7 +32,7 @@ class OutputPlan:
     def owns(self, entry_name: str) -> bool:
         """Whether a new entry of output_dir may be a (temporary) output of this job."""
         bare = entry_name.lstrip(".")
-        return bare.startswith(self.prefix) or bare.startswith("tmp")
+        return bare.startswith((self.prefix, "tmp", "skysense-"))
 
 
 def _real(path: str) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -50,9 +50,11 @@ class RasterInput(StrictModel):
         return value
 
 
-class DatedRaster(RasterInput):
-    """One acquisition of a time series (Sentinel-2 or Sentinel-1)."""
-    date: Optional[_dt.date] = Field(None, description="acquisition date YYYY-MM-DD")
+class DatedRaster(StrictModel):
+    """One acquisition of a time series (Sentinel-2: 10 bands [+ SCL]; Sentinel-1: VV, VH)."""
+    path: str = Field(..., min_length=1, description="absolute path of a raster file")
+    date: Optional[_dt.date] = Field(None, description="acquisition date YYYY-MM-DD (else read from the file)")
+    scl: Optional[str] = Field(None, description="Sentinel-2 scene classification raster used as cloud mask")
 
 
 class AOI(StrictModel):
@@ -82,13 +84,15 @@ class OutputParams(StrictModel):
 
 
 class InferenceOptions(StrictModel):
-    tile_size: int = Field(512, ge=32, le=4096, description="tile edge in pixels, a multiple of 32")
+    tile_size: Optional[int] = Field(512, ge=32, le=4096, description="tile edge in pixels, a multiple of 32")
     overlap: int = Field(64, ge=0, le=2048, description="overlap between tiles in pixels")
     batch_size: int = Field(4, ge=1, le=256)
     device: Device = "auto"
 
     @model_validator(mode="after")
     def _tile_geometry(self):
+        if self.tile_size is None:  # the model's own tile size
+            return self
         if self.tile_size % 32:
             raise ValueError(f"tile_size {self.tile_size} must be a multiple of 32")
         if self.overlap * 2 >= self.tile_size:
@@ -107,9 +111,14 @@ class LandcoverParams(OutputParams, InferenceOptions, VectorOptions):
     hr: List[RasterInput] = Field(default_factory=list, max_length=64)
     s2: List[DatedRaster] = Field(default_factory=list, max_length=366)
     s1: List[DatedRaster] = Field(default_factory=list, max_length=366)
-    model: Optional[str] = Field(None, description="project model file (.pth); null = default model")
+    model: Optional[str] = Field(None, description="project model file (.pth); null = default model "
+                                 "(a 'temporal' model is required with s2/s1)")
     aoi: Optional[AOI] = None
     name: str = "landcover"
+    shapefile: bool = Field(False, description="also write the polygons as <name>.shp")
+    confidence: bool = Field(False, description="also write <name>_confidence.tif (max probability, %)")
+    allow_pixel_grid: bool = Field(False, description="accept images without CRS (pixel grid)")
+    max_invalid_fraction: float = Field(0.5, ge=0, le=1, description="skip S2/S1 frames with more invalid pixels")
 
     @model_validator(mode="after")
     def _some_imagery(self):
@@ -118,40 +127,69 @@ class LandcoverParams(OutputParams, InferenceOptions, VectorOptions):
         return self
 
 
-class ChangeParams(OutputParams, InferenceOptions, VectorOptions):
-    """Bi-temporal change detection between two co-registered images."""
-    pre: str = Field(..., min_length=1, description="raster before the change")
-    post: str = Field(..., min_length=1, description="raster after the change")
-    model: Optional[str] = None
-    landcover_model: Optional[str] = Field(None, description="optional model to label from-to classes")
+ImageInput = Union[str, RasterInput, List[RasterInput]]
+_IMAGE_DESC = "a raster path, {path, bands}, or a list of tiles of one date (mosaicked)"
+
+
+class PairOptions(InferenceOptions):
+    """Pre/post inference: tile_size null = the model's own; a smaller default overlap."""
+    tile_size: Optional[int] = Field(None, ge=32, le=4096, description="null = the model's tile size")
+    overlap: int = Field(32, ge=0, le=2048)
+    landcover_model: Optional[str] = Field(None, description="land-cover model (from-to classes / building localisation)")
+    landcover_tile_size: Optional[int] = Field(None, ge=32, le=4096)
+
+
+class ChangeParams(OutputParams, PairOptions, VectorOptions):
+    """Bi-temporal change detection between two images (the post image is aligned to the pre grid)."""
+    pre: ImageInput = Field(..., description="before: " + _IMAGE_DESC)
+    post: ImageInput = Field(..., description="after: " + _IMAGE_DESC)
+    model: Optional[str] = Field(None, description="change model file; null = default")
     aoi: Optional[AOI] = None
+    threshold: float = Field(0.5, ge=0, le=1, description="change probability threshold")
+    symmetric: bool = Field(True, description="average pre->post and post->pre predictions")
     name: str = "change"
 
 
-class DamageParams(OutputParams, InferenceOptions, VectorOptions):
-    """Building damage assessment from pre/post disaster imagery."""
-    pre: str = Field(..., min_length=1)
-    post: str = Field(..., min_length=1)
-    buildings: Optional[str] = Field(None, description="building footprints (vector) to score per building")
-    model: Optional[str] = None
+class DamageParams(OutputParams, PairOptions):
+    """Per-building damage assessment (xBD scale) from pre/post disaster imagery."""
+    pre: ImageInput = Field(..., description="before: " + _IMAGE_DESC)
+    post: ImageInput = Field(..., description="after: " + _IMAGE_DESC)
+    buildings: Optional[str] = Field(None, description="building footprints (vector); null = localise with the land-cover model")
+    model: Optional[str] = Field(None, description="change or damage model file; null = default")
     aoi: Optional[AOI] = None
+    ring_m: float = Field(2.0, ge=0, le=100, description="ring around each footprint (m)")
+    min_coverage: float = Field(0.5, ge=0, le=1)
+    min_building_area: float = Field(20.0, ge=0, description="m^2, localised buildings only")
     name: str = "damage"
 
 
 class FinetuneParams(OutputParams):
-    """Fine-tune a model on a raster and user-drawn label polygons."""
+    """Fine-tune a land-cover model on a raster and user-drawn label polygons."""
     raster: str = Field(..., min_length=1)
     labels: str = Field(..., min_length=1, description="vector file with label polygons")
     class_field: str = Field(..., min_length=1, description="attribute holding the class value")
-    base_model: Optional[str] = None
+    layer: Optional[str] = Field(None, description="layer of a multi-layer labels file")
+    base_model: Optional[str] = Field(None, description="null = the default land-cover model")
     epochs: int = Field(10, ge=1, le=1000)
+    chip_size: int = Field(256, ge=64, le=2048, description="training chip edge, a multiple of 32")
+    chips_per_epoch: int = Field(32, ge=1, le=100_000)
     batch_size: int = Field(4, ge=1, le=256)
-    tile_size: int = Field(256, ge=32, le=2048)
-    learning_rate: float = Field(1e-4, gt=0, le=1.0)
-    freeze_encoder: bool = True
+    lr: Optional[float] = Field(None, gt=0, lt=1, description="learning rate; null = trainer default")
+    patience: int = Field(5, ge=0, le=1000, description="early-stop after this many epochs without gain")
+    val_fraction: float = Field(0.25, ge=0.05, le=0.5)
+    seed: int = Field(0, ge=0, le=2 ** 31 - 1)
+    freeze_encoder: bool = False
     resume: bool = False
+    compare_random_forest: bool = True
     device: Device = "auto"
     name: str = "finetuned"
+
+    @field_validator("chip_size")
+    @classmethod
+    def _chip_multiple(cls, value):
+        if value % 32:
+            raise ValueError(f"chip_size {value} must be a multiple of 32")
+        return value
 
 
 class ExportParams(StrictModel):
@@ -166,7 +204,7 @@ class ExportParams(StrictModel):
     @classmethod
     def _dest_name(cls, value):
         stem = value.replace("\\", "/").rsplit("/", 1)[-1]
-        check_name(stem)
+        check_name(stem.rsplit(".", 1)[0] if "." in stem else stem)
         return value
 
 
