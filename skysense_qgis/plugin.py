@@ -22,8 +22,12 @@ class SkySensePlugin:
     def initProcessing(self):  # noqa: N802 (QGIS API)
         from .processing.provider import SkySenseProvider
         if self.provider is None:
+            registry = QgsApplication.processingRegistry()
+            stale = registry.providerById("skysense")
+            if stale is not None:  # left over from a plugin reload: replace it
+                registry.removeProvider(stale)
             self.provider = SkySenseProvider()
-            QgsApplication.processingRegistry().addProvider(self.provider)
+            registry.addProvider(self.provider)
 
     def initGui(self):  # noqa: N802
         self.initProcessing()
@@ -77,6 +81,8 @@ class SkySensePlugin:
             self.dock.deleteLater()
             self.dock = None
         if self.provider is not None:
-            QgsApplication.processingRegistry().removeProvider(self.provider)
+            registry = QgsApplication.processingRegistry()
+            if registry.providerById("skysense") is not None:
+                registry.removeProvider("skysense")
             self.provider = None
         shared_manager().stop()

@@ -169,8 +169,16 @@ def test_processing_export_algorithm_runs_via_processing_run(tmp_path, qgis_proc
 
     from skysense_qgis.processing.provider import SkySenseProvider
     registry = QgsApplication.processingRegistry()
-    if registry.providerById("skysense") is None:
-        registry.addProvider(SkySenseProvider())
+    provider = SkySenseProvider()
+    assert registry.addProvider(provider)
+    try:
+        _run_export(registry, tmp_path)
+    finally:
+        registry.removeProvider("skysense")
+
+
+def _run_export(registry, tmp_path):
+    import processing
     ids = {a.id() for a in registry.providerById("skysense").algorithms()}
     assert ids == {"skysense:landcover", "skysense:change", "skysense:damage", "skysense:finetune",
                    "skysense:export"}
