@@ -28,8 +28,8 @@ JOB_KINDS = ("landcover", "change", "damage", "finetune", "export")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 PATH_FIELDS = frozenset({"model", "landcover_model", "pre", "post", "buildings", "raster", "labels",
                          "base_model", "source", "dest", "output_dir"})
-# Fields with their own hand-written flags (lists of rasters, the AOI).
-CUSTOM_FIELDS = frozenset({"hr", "s2", "s1", "aoi"})
+# Fields with their own hand-written flags (lists of rasters, the AOI, pre/post images).
+CUSTOM_FIELDS = frozenset({"hr", "s2", "s1", "aoi", "pre", "post"})
 
 
 class UsageError(InputError):
@@ -60,7 +60,7 @@ def add_schema_flags(parser: argparse.ArgumentParser, model) -> None:
             continue
         kind, choices = scalar
         flag = "--" + name.replace("_", "-")
-        desc = field.description or ""
+        desc = (field.description or "").replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             default = field.default
             if default is True:
@@ -89,9 +89,11 @@ def _raster_list(values: Optional[List[str]], bands: Optional[str], dated: bool)
         path, date = value, None
         if dated and "@" in value:
             path, date = value.rsplit("@", 1)
-        item: Dict[str, Any] = {"path": os.path.abspath(path), "bands": band_list}
+        item: Dict[str, Any] = {"path": os.path.abspath(path)}
         if dated:
-            item["date"] = date
+            item["date"] = date or None
+        else:
+            item["bands"] = band_list
         out.append(item)
     return out
 
@@ -121,9 +123,12 @@ def add_custom_flags(parser: argparse.ArgumentParser, kind: str) -> None:
         parser.add_argument("--hr", action="append", metavar="PATH", help="high-resolution raster (repeatable)")
         parser.add_argument("--hr-bands", metavar="1,2,3", help="1-based bands of the hr rasters")
         parser.add_argument("--s2", action="append", metavar="PATH[@YYYY-MM-DD]", help="Sentinel-2 scene (repeatable)")
-        parser.add_argument("--s2-bands", metavar="LIST", help="1-based bands of the s2 rasters")
         parser.add_argument("--s1", action="append", metavar="PATH[@YYYY-MM-DD]", help="Sentinel-1 scene (repeatable)")
-        parser.add_argument("--s1-bands", metavar="LIST", help="1-based bands of the s1 rasters")
+    if kind in ("change", "damage"):
+        for key, when in (("pre", "before"), ("post", "after")):
+            parser.add_argument(f"--{key}", action="append", metavar="PATH",
+                                help=f"image {when} the event; repeat for tiles of one date (mosaicked)")
+            parser.add_argument(f"--{key}-bands", metavar="1,2,3", help=f"1-based bands of the {key} image")
     if kind in ("landcover", "change", "damage"):
         parser.add_argument("--aoi", metavar="VECTOR", help="area of interest (GeoJSON, GeoPackage, shapefile)")
         parser.add_argument("--aoi-crs", metavar="CRS", help="CRS of --aoi when the file has none")
@@ -150,8 +155,15 @@ def params_from_args(kind: str, args: argparse.Namespace) -> dict:
         params[name] = value
     if kind == "landcover":
         for key, dated in (("hr", False), ("s2", True), ("s1", True)):
-            items = _raster_list(getattr(args, key), getattr(args, f"{key}_bands"), dated)
+            items = _raster_list(getattr(args, key), getattr(args, f"{key}_bands", None), dated)
             if items:
+                params[key] = items
+    if kind in ("change", "damage"):
+        for key in ("pre", "post"):
+            items = _raster_list(getattr(args, key), getattr(args, f"{key}_bands"), False)
+            if len(items) == 1:
+                params[key] = items[0] if items[0]["bands"] else items[0]["path"]
+            elif items:
                 params[key] = items
     if getattr(args, "aoi", None):
         params["aoi"] = read_aoi(args.aoi, args.aoi_crs)
