@@ -141,7 +141,7 @@ class WindowMSAV2(nn.Module):
             bias = bias.reshape(bw, self.num_heads, n, n)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=1.0)
-        out = out.transpose(1, 2).reshape(bw, n, c)
+        out = out.transpose(1, 2).contiguous().reshape(bw, n, c)
         return self.proj_drop(self.proj(out))
 
 
@@ -189,15 +189,15 @@ class ShiftWindowMSA(nn.Module):
         pad[:, h:, :, :] = 1
         pad[:, :, w:, :] = 1
         if shift:
-            region = torch.roll(region, (-shift, -shift), dims=(1, 2))
+            # Region labels live in the rolled frame already; padding is placed in the
+            # unrolled frame, so it moves with the roll.
             pad = torch.roll(pad, (-shift, -shift), dims=(1, 2))
         rw = _window_partition(region, ws).squeeze(-1)  # [nW, N]
         pw = _window_partition(pad, ws).squeeze(-1)
+        # Different shifted region, or a padded key. -100 (not -inf) keeps rows of padded
+        # queries, which see only masked keys, finite; they are cropped away afterwards.
         mask = (rw.unsqueeze(1) != rw.unsqueeze(2)) | (pw.unsqueeze(1) > 0)
-        # A padded query row may end up fully masked; keep its own position so softmax stays finite.
-        eye = torch.eye(mask.shape[-1], dtype=torch.bool, device=device).unsqueeze(0)
-        mask = mask & ~eye
-        return torch.zeros(mask.shape, device=device).masked_fill(mask, -100.0)
+        return mask.to(torch.float32) * -100.0
 
     def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
         b, _, c = x.shape

@@ -10,12 +10,38 @@ from torch import nn
 from ..layers import ConvModule
 
 
+def _pool_matrix(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """[bins, size] averaging matrix with the bin edges of ``adaptive_avg_pool``."""
+    rows = torch.zeros(bins, size, dtype=like.dtype, device=like.device)
+    for i in range(bins):
+        start, end = (i * size) // bins, -((-(i + 1) * size) // bins)
+        rows[i, start:end] = 1.0 / (end - start)
+    return rows
+
+
+class AdaptiveAvgPool(nn.Module):
+    """Adaptive average pooling written as two matrix products.
+
+    Same numbers as ``nn.AdaptiveAvgPool2d``, but it exports to ONNX for any bin count
+    (the ONNX exporters refuse adaptive pooling with non-divisible sizes).
+    """
+
+    def __init__(self, bins: int):
+        super().__init__()
+        self.bins = bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph = _pool_matrix(int(x.shape[-2]), self.bins, x)
+        pw = _pool_matrix(int(x.shape[-1]), self.bins, x)
+        return torch.matmul(torch.matmul(ph, x), pw.t())
+
+
 class PPM(nn.ModuleList):
     """Pyramid pooling: adaptive average pools at several scales, each followed by a 1x1 conv."""
 
     def __init__(self, pool_scales: Sequence[int], in_ch: int, ch: int, norm: str):
         super().__init__(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_ch, ch, 1, norm=norm)) for s in pool_scales
+            nn.Sequential(AdaptiveAvgPool(s), ConvModule(in_ch, ch, 1, norm=norm)) for s in pool_scales
         )
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
