@@ -208,8 +208,9 @@ class ChangePredictor:
         return probs
 
 
-def read_change_probability(class_path: Path, confidence_path: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """(P(change) float32 [H,W], valid bool [H,W]) rebuilt from the engine's class + confidence rasters."""
+def read_change_probability(class_path: Path, confidence_path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P(change) float32 [H,W], change bool [H,W], valid bool [H,W]) from the engine's class +
+    confidence rasters (P is known to 1 %; the change decision is the engine's own)."""
     with rasterio.open(class_path) as src:
         classes = src.read(1)
     with rasterio.open(confidence_path) as src:
@@ -217,7 +218,7 @@ def read_change_probability(class_path: Path, confidence_path: Path) -> Tuple[np
     valid = classes != CHANGE_NODATA
     prob = np.where(classes == 1, confidence, 1.0 - confidence).astype(np.float32)
     prob[~valid] = 0.0
-    return prob, valid
+    return prob, classes == 1, valid
 
 
 def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path, probability_path: Path, *,
@@ -251,7 +252,7 @@ def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path
                            outputs=outputs)
     out = {"engine": result, "grid": result.grid, "meta": meta, "model": model, "device": result.device}
     if meta["task"] == "change":
-        out["probability"], out["valid"] = read_change_probability(result.written_path,
+        out["probability"], out["change"], out["valid"] = read_change_probability(result.written_path,
                                                                    result.confidence_written_path)
     return out
 
@@ -446,8 +447,7 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
                                tile_size=params.get("tile_size"), overlap=overlap, batch_size=batch_size,
                                device=device, symmetric=bool(params.get("symmetric", True)), threshold=threshold,
                                progress=progress.sub(0.0, 0.8 - lc_share))
-        grid, prob, valid = found["grid"], found["probability"], found["valid"]
-        change = (prob >= 0.5) & valid
+        grid, prob, valid, change = found["grid"], found["probability"], found["valid"], found["change"]
         palette = json.loads(CHANGE_PALETTE.read_text())["classes"]
         write_qml(outputs.path_for(paths["mask_qml"]), raster_qml(palette), paths["mask_qml"])
         unit_area, unit = pixel_area(grid)

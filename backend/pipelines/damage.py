@@ -78,8 +78,11 @@ class BuildingStats:
 
 
 def building_change_stats(probability: np.ndarray, valid: np.ndarray, grid: Grid, footprints: Sequence,
-                          threshold: float = 0.5, ring_m: float = 2.0) -> BuildingStats:
-    """Changed fractions, mean P(change) and certainty inside each footprint and its ring."""
+                          changed: Optional[np.ndarray] = None, threshold: float = 0.5,
+                          ring_m: float = 2.0) -> BuildingStats:
+    """Changed fractions, mean P(change) and certainty inside each footprint and its ring.
+
+    changed: the change decision per pixel (default P >= threshold)."""
     n = len(footprints)
     ids = _label_image(footprints, grid)
     # Footprints smaller than a pixel centre get the pixels they touch.
@@ -95,7 +98,7 @@ def building_change_stats(probability: np.ndarray, valid: np.ndarray, grid: Grid
     ring_ids = _label_image(rings, grid)
     ring_ids[ids > 0] = 0
 
-    changed = (probability >= threshold) & valid
+    changed = ((probability >= threshold) if changed is None else changed) & valid
     certainty = np.maximum(probability, 1 - probability)
 
     def sums(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -194,7 +197,8 @@ def localize_buildings(pre: Any, grid: Grid, outputs, path: Path, landcover_mode
 
 def _classify_with_change(found: Dict[str, Any], grid: Grid, geoms: list, threshold: float,
                           ring_m: float) -> Dict[str, np.ndarray]:
-    stats = building_change_stats(found["probability"], found["valid"], grid, geoms, threshold=0.5, ring_m=ring_m)
+    stats = building_change_stats(found["probability"], found["valid"], grid, geoms, changed=found["change"],
+                                  ring_m=ring_m)
     score = damage_score(np.nan_to_num(stats.footprint_fraction), stats.ring_fraction)
     return {"damage": classify_damage(score), "confidence": np.nan_to_num(stats.certainty),
             "score": score, "changed_fraction": np.nan_to_num(stats.footprint_fraction),

@@ -1,0 +1,106 @@
+"""Change detection pipeline on real LEVIR-CD and Joplin imagery with the committed model."""
+import threading
+
+import fiona
+import numpy as np
+import pytest
+import rasterio
+
+from backend.errors import CancelledError, InputError
+from backend.pipelines.change import run_change
+from backend.progress import Progress
+
+from .conftest import CHANGE_MODEL
+
+# ~250 x 200 m inside the overlap of pre tile_337-9136 (EPSG:26915) and post tile_31500-5137 (EPSG:4326).
+JOPLIN_AOI = {"geometry": {"type": "Polygon", "coordinates": [[
+    [-94.4985, 37.0715], [-94.4957, 37.0715], [-94.4957, 37.0733], [-94.4985, 37.0733], [-94.4985, 37.0715]]]},
+    "crs": "EPSG:4326"}
+
+
+def _out(result, role):
+    return next(o for o in result["outputs"] if o["role"] == role)
+
+
+def test_levir_pair_matches_its_label(data_dir, tmp_path):
+    name = "val_27_0000_0256"
+    levir = data_dir / "levir_cd"
+    result = run_change({"pre": str(levir / "A" / f"{name}.png"), "post": str(levir / "B" / f"{name}.png"),
+                         "output_dir": str(tmp_path), "name": "levir"})
+    with rasterio.open(_out(result, "change")["path"]) as src:
+        mask = src.read(1)
+    from PIL import Image
+    truth = np.asarray(Image.open(levir / "label" / f"{name}.png").convert("L")) > 127
+    assert set(np.unique(mask)) <= {0, 1}
+    pred = mask == 1
+    f1 = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+    assert f1 > 0.6, f"held-out pair F1 {f1:.3f}"
+    qml = open(_out(result, "change")["qml"]).read()
+    assert 'color="#ff00ff"' in qml and 'alpha="0"' in qml  # change magenta, no change transparent
+    with fiona.open(_out(result, "polygons")["path"]) as layer:
+        assert len(layer) == result["metrics"]["polygons"] > 0
+
+
+def test_joplin_different_crs_with_aoi_from_to_and_min_area(data_dir, tmp_path, landcover_model_file):
+    pre = str(data_dir / "joplin" / "pre" / "tile_337-9136.tif")
+    post = str(data_dir / "joplin" / "post" / "tile_31500-5137.tif")
+    result = run_change({"pre": pre, "post": post, "aoi": JOPLIN_AOI, "output_dir": str(tmp_path),
+                         "landcover_model": str(landcover_model_file), "min_area": 10})
+    with rasterio.open(_out(result, "change")["path"]) as mask_src, rasterio.open(pre) as pre_src:
+        assert mask_src.crs == pre_src.crs  # post reprojected onto the pre grid
+        assert mask_src.res == pre_src.res
+        assert 300 < mask_src.width < 500 and 250 < mask_src.height < 400  # AOI window, not the whole tile
+        mask = mask_src.read(1)
+    assert set(np.unique(mask)) <= {0, 1, 255}
+    with rasterio.open(_out(result, "from_to")["path"]) as src:
+        codes = src.read(1)
+    assert np.array_equal(codes > 0, mask == 1)
+    from_values, to_values = np.divmod(codes[codes > 0], 100)
+    assert set(from_values) | set(to_values) <= set(range(1, 8))
+    table = result["metrics"]["from_to"]
+    assert sum(r["pixels"] for r in table) == int((mask == 1).sum())
+    with fiona.open(_out(result, "polygons")["path"]) as layer:
+        assert layer.crs_wkt and "26915" in rasterio.crs.CRS.from_wkt(layer.crs_wkt).to_string()
+        records = [f.properties for f in layer]
+    assert records and all(r["area_m2"] >= 10 for r in records)
+    assert all(r["from_to"] == f"{r['from_class']} -> {r['to_class']}" for r in records)
+    assert open(_out(result, "from_to_table")["path"]).readline().startswith("code,from_class,to_class")
+
+
+def test_bad_inputs_are_clear_errors(data_dir, tmp_path, landcover_model_file):
+    joplin = data_dir / "joplin"
+    pre, post = str(joplin / "pre" / "tile_1361-9136.tif"), str(joplin / "post" / "tile_31500-6161.tif")
+    with pytest.raises(InputError, match="do not overlap"):
+        run_change({"pre": pre, "post": post, "output_dir": str(tmp_path)})
+    far_aoi = dict(JOPLIN_AOI, geometry={"type": "Polygon", "coordinates": [[[10, 10], [11, 10], [11, 11], [10, 10]]]})
+    with pytest.raises(InputError, match="AOI does not overlap"):
+        run_change({"pre": str(joplin / "pre" / "tile_337-9136.tif"), "post": str(joplin / "post" / "tile_31500-5137.tif"),
+                    "aoi": far_aoi, "output_dir": str(tmp_path)})
+    text = tmp_path / "pre.tif"
+    text.write_text("hello")
+    with pytest.raises(InputError, match="not a readable raster"):
+        run_change({"pre": str(text), "post": post, "output_dir": str(tmp_path)})
+    with pytest.raises(InputError, match="'segmentation' model; the change step needs a 'change' model"):
+        run_change({"pre": str(joplin / "pre" / "tile_337-9136.tif"), "post": str(joplin / "post" / "tile_31500-5137.tif"),
+                    "model": str(landcover_model_file), "output_dir": str(tmp_path)})
+    with pytest.raises(InputError, match="missing parameter 'post'"):
+        run_change({"pre": pre, "output_dir": str(tmp_path)})
+
+
+def test_cancel_leaves_no_output(data_dir, tmp_path):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(CancelledError):
+        run_change({"pre": str(data_dir / "joplin" / "pre" / "tile_337-9136.tif"),
+                    "post": str(data_dir / "joplin" / "post" / "tile_31500-5137.tif"), "aoi": JOPLIN_AOI,
+                    "output_dir": str(tmp_path / "out")}, Progress(cancel_event=cancel))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_committed_model_metadata_holds_heldout_metrics():
+    from models.checkpoint import read_model_meta
+
+    meta = read_model_meta(CHANGE_MODEL)
+    held = meta["metrics"]["levir_heldout"]
+    assert meta["task"] == "change" and set(held) >= {"f1", "iou", "precision", "recall", "pairs"}
+    assert CHANGE_MODEL.stat().st_size < 10e6
