@@ -321,3 +321,9 @@ def _assign(module: nn.Module, name: str, value: torch.Tensor) -> None:
     else:
         with torch.no_grad():
             own.copy_(value)
+
+
+def load_pretrained(model: nn.Module, files: Mapping[str, PathLike], strict: bool = True) -> Dict[str, LoadReport]:
+    """Load several official files at once, e.g. ``{"hr": ".../skysense_model_backbone_hr.pth",
+    "s2": ".../skysense_model_backbone_s2.pth"}``; returns one report per source."""
+    return {source: load_official_weights(model, path, source, strict=strict) for source, path in files.items()}
