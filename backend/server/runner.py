@@ -103,8 +103,13 @@ def _check_result_paths(result: dict, plan: Optional[OutputPlan]) -> None:
 def run_job(kind: str, params: dict, plan: Optional[OutputPlan], progress) -> dict:
     """Run a validated job; on any failure remove its partial outputs and raise a
     SkySenseError (CancelledError when cancelled) with a message for the user."""
+    made_dir = False
     if plan is not None:
-        plan.output_dir.mkdir(parents=True, exist_ok=True)
+        made_dir = not plan.output_dir.exists()
+        try:
+            plan.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {plan.output_dir}: {exc.strerror or exc}") from None
         before = _entries(plan.output_dir)
     try:
         progress.check_cancelled()
@@ -119,6 +124,11 @@ def run_job(kind: str, params: dict, plan: Optional[OutputPlan], progress) -> di
     except BaseException as exc:
         if plan is not None:
             remove_partial_outputs(plan, before)
+            if made_dir and not _entries(plan.output_dir):
+                try:
+                    plan.output_dir.rmdir()  # we made it for this job; leave no empty folder
+                except OSError:
+                    pass
         if isinstance(exc, SkySenseError):
             raise
         if isinstance(exc, KeyboardInterrupt):
