@@ -54,6 +54,8 @@ class DatedRaster(StrictModel):
     """One acquisition of a time series (Sentinel-2: 10 bands [+ SCL]; Sentinel-1: VV, VH)."""
     path: str = Field(..., min_length=1, description="absolute path of a raster file")
     date: Optional[_dt.date] = Field(None, description="acquisition date YYYY-MM-DD (else read from the file)")
+    bands: Optional[List[int]] = Field(None, description="accepted for symmetry with hr; the sensor's band "
+                                                         "order is fixed (S2: 10 bands, S1: VV, VH)")
     scl: Optional[str] = Field(None, description="Sentinel-2 scene classification raster used as cloud mask")
 
 
@@ -203,7 +205,10 @@ class ExportParams(StrictModel):
     @field_validator("dest")
     @classmethod
     def _dest_name(cls, value):
-        stem = value.replace("\\", "/").rsplit("/", 1)[-1]
+        parts = value.replace("\\", "/").split("/")
+        if ".." in parts:
+            raise ValueError(f"dest {value!r} must not contain '..'")
+        stem = parts[-1]
         check_name(stem.rsplit(".", 1)[0] if "." in stem else stem)
         return value
 
