@@ -132,12 +132,13 @@ class WindowMSAV2(nn.Module):
         qkv = F.linear(x, self.qkv.weight, qkv_bias).reshape(bw, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
-        q = F.normalize(q, dim=-1) * scale
+        # Keep every operand in q's dtype so autocast / half precision reach SDPA consistently.
+        q = F.normalize(q, dim=-1) * scale.to(q.dtype)
         k = F.normalize(k, dim=-1)
-        bias = self.position_bias().unsqueeze(0)  # [1, h, N, N]
+        bias = self.position_bias().to(q.dtype).unsqueeze(0)  # [1, h, N, N]
         if mask is not None:
             nw = mask.shape[0]
-            bias = (bias.unsqueeze(0) + mask.view(1, nw, 1, n, n)).expand(bw // nw, -1, -1, -1, -1)
+            bias = (bias.unsqueeze(0) + mask.to(q.dtype).view(1, nw, 1, n, n)).expand(bw // nw, -1, -1, -1, -1)
             bias = bias.reshape(bw, self.num_heads, n, n)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=1.0)

@@ -92,3 +92,19 @@ def test_tiny_segmentation_learns_a_simple_pattern():
     assert losses[-1] < 0.7 * losses[0]
     grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone.stages.3")]
     assert grads and all(g is not None for g in grads)
+
+
+@pytest.mark.parametrize("name", ["skysense_seg_tiny", "skysense_temporal_tiny"])
+def test_mixed_precision_and_bf16_weights_agree_with_fp32(name):
+    """The engine runs AMP on GPU; the same dtype handling is exercised here with CPU bf16."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=4).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp = model(x)
+        low = model.to(torch.bfloat16)(x.to(torch.bfloat16))
+    for out in (amp, low):
+        assert out.shape == ref.shape and torch.isfinite(out.float()).all()
+        assert (out.float().argmax(1) == ref.argmax(1)).float().mean() > 0.95
