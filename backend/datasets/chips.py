@@ -18,6 +18,8 @@ class Chip:
     scene: int   # index into the scene list
     row: int     # top-left pixel
     col: int
+    own_row: int = 0   # grid chips flush with an edge overlap their neighbour: rows/cols before these
+    own_col: int = 0   # offsets belong to the neighbour, so no pixel is scored twice
 
 
 class ChipSampler:
@@ -79,10 +81,12 @@ class ChipSampler:
             height, width = scene.labels.shape
             tops = sorted(set(list(range(0, height - size + 1, size)) + [height - size]))
             lefts = sorted(set(list(range(0, width - size + 1, size)) + [width - size]))
-            for top in tops:
-                for left in lefts:
-                    if (scene.labels[top:top + size, left:left + size] != IGNORE_INDEX).any():
-                        chips.append(Chip(scene_index, top, left))
+            for i, top in enumerate(tops):
+                own_row = tops[i - 1] + size - top if i else 0
+                for j, left in enumerate(lefts):
+                    own_col = lefts[j - 1] + size - left if j else 0
+                    if (scene.labels[top + own_row:top + size, left + own_col:left + size] != IGNORE_INDEX).any():
+                        chips.append(Chip(scene_index, top, left, own_row, own_col))
         return chips
 
 
@@ -98,4 +102,8 @@ def stack_chips(chips: list[Chip], normalised_images: list[np.ndarray], scenes: 
     """Batch arrays: images [B, C, S, S] float32 and labels [B, S, S] int64."""
     images = np.stack([normalised_images[c.scene][:, c.row:c.row + size, c.col:c.col + size] for c in chips])
     labels = np.stack([scenes[c.scene].labels[c.row:c.row + size, c.col:c.col + size] for c in chips])
-    return images, labels.astype(np.int64)
+    labels = labels.astype(np.int64)
+    for label, chip in zip(labels, chips):
+        label[:chip.own_row] = IGNORE_INDEX
+        label[:, :chip.own_col] = IGNORE_INDEX
+    return images, labels

@@ -210,7 +210,8 @@ def _fit_box(bounds: list[int], width: int, height: int, min_size: int) -> list[
 def split_polygons(class_indexes: np.ndarray, areas: np.ndarray, val_fraction: float,
                    seed: int) -> tuple[list[int], list[int]]:
     """Whole-polygon hold-out: per class, shuffled polygons go to validation until ~val_fraction of the class
-    area is reached, always leaving at least one polygon of each class for training. Returns 0-based indexes."""
+    area is reached, never taking more than half of a class's area and always leaving at least one polygon
+    of each class for training. Returns 0-based polygon indexes."""
     rng = np.random.default_rng(seed)
     train, val = [], []
     for class_index in np.unique(class_indexes):
@@ -218,13 +219,18 @@ def split_polygons(class_indexes: np.ndarray, areas: np.ndarray, val_fraction: f
         members = members[rng.permutation(len(members))]
         total = areas[members].sum()
         held = 0.0
-        for position, polygon in enumerate(members):
-            if position < len(members) - 1 and held < val_fraction * total and \
-                    (held == 0 or held + areas[polygon] <= 1.5 * val_fraction * total):
-                val.append(int(polygon))
-                held += areas[polygon]
-            else:
-                train.append(int(polygon))
+        chosen = set()
+        if len(members) > 1:
+            for polygon in members:
+                if held >= val_fraction * total:
+                    break
+                if held + areas[polygon] <= 0.5 * total:
+                    chosen.add(int(polygon))
+                    held += areas[polygon]
+            if not chosen:   # every polygon is over half the area: hold out the smallest
+                chosen.add(int(members[np.argmin(areas[members])]))
+        val.extend(chosen)
+        train.extend(int(p) for p in members if int(p) not in chosen)
     return sorted(train), sorted(val)
 
 

@@ -58,7 +58,7 @@ class RandomForestResult:
 
 
 def train_random_forest(train_scenes: list[LabelledScene], val_scenes: list[LabelledScene], class_names: list[str],
-                        n_estimators: int = 100, max_per_class: int = 20_000, seed: int = 0,
+                        n_estimators: int = 60, max_per_class: int = 8_000, seed: int = 0,
                         n_jobs: int = 1) -> RandomForestResult:
     """Fit on training pixels, score on every validation pixel."""
     import time
@@ -67,7 +67,7 @@ def train_random_forest(train_scenes: list[LabelledScene], val_scenes: list[Labe
     rng = np.random.default_rng(seed)
     num_classes = len(class_names)
     x, y = _labelled_samples(train_scenes, max_per_class, rng, num_classes)
-    classifier = RandomForestClassifier(n_estimators=n_estimators, min_samples_leaf=2, n_jobs=n_jobs,
+    classifier = RandomForestClassifier(n_estimators=n_estimators, min_samples_leaf=2, max_depth=18, n_jobs=n_jobs,
                                         random_state=seed, class_weight="balanced_subsample")
     classifier.fit(x, y)
     accumulator = ConfusionAccumulator(num_classes, IGNORE_INDEX)

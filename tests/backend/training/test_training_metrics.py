@@ -44,3 +44,18 @@ def test_accumulator_sums_batches():
     accumulator.update(np.array([1, 1]), np.array([1, 1]))
     assert accumulator.matrix.tolist() == [[1, 0], [1, 2]]
     assert accumulator.scores()["overall_accuracy"] == pytest.approx(0.75)
+
+
+def test_validation_grid_scores_every_labelled_pixel_once():
+    from backend.datasets.chips import ChipSampler, stack_chips
+    from backend.datasets.scene import LabelledScene
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(-1, 3, size=(150, 170)).astype(np.int16)
+    scene = LabelledScene(np.zeros((3, 150, 170), np.uint8), labels)
+    sampler = ChipSampler([scene], 64, 3)
+    chips = sampler.grid_chips()
+    _, chip_labels = stack_chips(chips, [scene.image.astype(np.float32)], [scene], 64)
+    assert (chip_labels >= 0).sum() == (labels >= 0).sum()
+    for c in range(3):
+        assert (chip_labels == c).sum() == (labels == c).sum()
