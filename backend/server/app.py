@@ -69,7 +69,8 @@ def create_app(token: str, jobs: Optional[JobManager] = None,
     roots = [Path(r) for r in output_roots] if output_roots else None
     JobRequest = _job_request_model(pipeline_kinds())
 
-    app = FastAPI(title="SkySense local backend", version=backend.__version__,
+    # No /docs or /redoc pages: they load scripts from a CDN and a browser could not send the token.
+    app = FastAPI(title="SkySense local backend", version=backend.__version__, docs_url=None, redoc_url=None,
                   description="Token-protected local API driven by the SkySense QGIS plugin. "
                               "Every request needs `Authorization: Bearer <token>`.")
     app.state.jobs = jobs

@@ -129,3 +129,17 @@ def test_server_process_token_file_replaced_with_fresh_token(tmp_path):
         proc.terminate()
         assert proc.wait(timeout=30) == 0
     assert not state.exists()
+
+
+def test_server_process_stops_when_its_parent_is_gone(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    proc, state = _start(tmp_path, "--parent-pid", str(parent.pid))
+    try:
+        assert proc.poll() is None
+        parent.kill()
+        parent.wait(timeout=30)
+        assert proc.wait(timeout=60) == 0
+        assert not state.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

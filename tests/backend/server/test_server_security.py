@@ -22,7 +22,7 @@ def scene(tmp_path):
                                      {"Authorization": "Bearer"}, {"Authorization": "bearer "}])
 def test_server_missing_or_wrong_token_is_401(client, headers):
     for method, path in [("get", "/health"), ("get", "/jobs"), ("get", "/models"), ("post", "/shutdown"),
-                         ("get", "/openapi.json"), ("get", "/docs")]:
+                         ("get", "/openapi.json"), ("get", "/docs"), ("get", "/nonexistent")]:
         response = getattr(client, method)(path, headers=headers)
         assert response.status_code == 401, (method, path)
         assert "token" in response.json()["detail"]
