@@ -104,3 +104,15 @@ def test_committed_model_metadata_holds_heldout_metrics():
     held = meta["metrics"]["levir_heldout"]
     assert meta["task"] == "change" and set(held) >= {"f1", "iou", "precision", "recall", "pairs"}
     assert CHANGE_MODEL.stat().st_size < 10e6
+
+
+def test_evaluate_levir_reproduces_the_stored_heldout_metrics(data_dir):
+    from backend.trainers.change import evaluate_levir
+    from models.checkpoint import read_model_meta
+
+    stored = read_model_meta(CHANGE_MODEL)["metrics"]["levir_heldout"]
+    metrics = evaluate_levir(data_dir)
+    assert metrics["pairs"] == stored["pairs"]
+    for key in ("f1", "iou", "precision", "recall"):
+        assert metrics[key] == pytest.approx(stored[key], abs=0.01), key
+    assert metrics["f1"] > 0.4 and metrics["iou"] > 0.25
