@@ -123,3 +123,21 @@ def test_server_models_endpoint_lists_model_metadata(make_client, auth, tiny_mod
     assert junk["task"] is None and "junk.pth" in junk["error"]
     assert lc["task"] == "segmentation" and lc["error"] is None and lc["source"] == "user"
     assert lc["bands"] == {"hr": [1, 2, 3]} and len(lc["classes"]) == 7 and lc["tile_size"] == 64
+
+
+def test_server_landcover_cancel_mid_run_leaves_nothing(client, auth, helpers, out_root, tmp_path, tiny_model):
+    big = tmp_path / "inputs" / "big.tif"
+    big.parent.mkdir(exist_ok=True)
+    with rasterio.open(big, "w", driver="GTiff", width=2048, height=2048, count=3, dtype="uint8",
+                       crs="EPSG:32615", transform=from_origin(360000, 4105000, 0.5, 0.5),
+                       tiled=True, blockxsize=256, blockysize=256) as ds:
+        ds.write(np.random.default_rng(2).integers(0, 255, (3, 2048, 2048), dtype=np.uint8))
+    out = out_root / "cancelled"
+    out.mkdir()
+    job = client.post("/jobs", headers=auth, json=_job(big, tiny_model, out, batch_size=1)).json()["id"]
+    # Cancel once tiles are being predicted (progress beyond model loading).
+    assert helpers.wait_for(lambda: client.get(f"/jobs/{job}", headers=auth).json()["progress"] > 0.01, 240)
+    assert client.post(f"/jobs/{job}/cancel", headers=auth).status_code == 200
+    info = helpers.wait_job(client, job, timeout=240)
+    assert info["state"] == "cancelled", info
+    assert os.listdir(out) == []
