@@ -65,6 +65,8 @@ class BackendClient:
         except requests.Timeout as exc:
             raise BackendUnavailable(f"The SkySense backend at {self.base_url} did not answer "
                                      f"within {self.timeout:.0f} s.") from exc
+        except requests.RequestException as exc:  # e.g. the connection broke mid-answer
+            raise BackendUnavailable(f"The connection to the SkySense backend broke: {_short(exc)}") from exc
         if response.status_code >= 400:
             raise BackendError(_error_text(response))
         try:

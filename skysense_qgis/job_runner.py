@@ -50,7 +50,12 @@ def run_job(client: BackendClient, kind: str, params: Dict[str, Any],
         try:
             status = client.job(job_id)
             misses = 0
-        except BackendUnavailable as exc:
+        except BackendError as exc:
+            if not isinstance(exc, BackendUnavailable):
+                # A garbled answer from a process that just died is a crash, not a job error.
+                if backend_exited is not None and backend_exited():
+                    raise _died_or(BackendUnavailable(str(exc)), backend_exited) from exc
+                raise
             misses += 1
             # One slow answer under load is not a crash; a dead process or repeated refusals are.
             if (backend_exited is not None and backend_exited()) or misses >= 3:

@@ -11,7 +11,7 @@ from . import styles
 # Raster roles holding continuous values (no class palette).
 CONTINUOUS_ROLES = ("probability", "confidence", "uncertainty", "entropy", "features")
 # Raster roles whose pixel values are the result's classes.
-CLASS_ROLES = ("classes", "damage", "landcover")
+CLASS_ROLES = ("classes", "damage", "landcover", "pixel_classes")
 
 
 class ResultLoadError(RuntimeError):
@@ -19,14 +19,15 @@ class ResultLoadError(RuntimeError):
 
 
 def add_result_layers(result: dict, group_name: str, job_kind: str = "",
-                      project: Optional[QgsProject] = None) -> Tuple[QgsLayerTreeGroup, List[QgsMapLayer]]:
-    """Adds every output of `result` under a new top group; returns (group, layers in output order)."""
+                      project: Optional[QgsProject] = None) -> Tuple[Optional[QgsLayerTreeGroup], List[QgsMapLayer]]:
+    """Adds every map output of `result` under a new top group; returns (group or None, layers)."""
     project = project or QgsProject.instance()
-    root = project.layerTreeRoot()
-    group = root.insertGroup(0, group_name)
     layers: List[QgsMapLayer] = []
-    # Only map layers: previews (kind "image") and model files stay on disk.
+    # Only map layers: previews (kind "image"), tables and model files stay on disk.
     outputs = [o for o in result.get("outputs") or [] if o.get("kind") in ("raster", "vector")]
+    if not outputs:
+        return None, layers
+    group = project.layerTreeRoot().insertGroup(0, group_name)
     # Vectors above rasters so polygons are not hidden under the class raster.
     outputs.sort(key=lambda o: 0 if o.get("kind") == "vector" else 1)
     for output in outputs:

@@ -32,6 +32,8 @@ TITLE = "SkySense"
 def _scrolled(widget: QWidget) -> QScrollArea:
     area = QScrollArea()
     area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    area.setFrameShape(QScrollArea.NoFrame)
     area.setWidget(widget)
     return area
 
@@ -225,8 +227,16 @@ class SkySenseDock(QDockWidget):
         if kind == "finetune":
             self.finetune.show_result(result)
             self.refresh_backend()
-        self.job_panel.job_ended(f"{kind} finished: {len(layers)} layer(s) added in group '{name}'.", True)
-        self.notify(f"{kind} finished: results in group '{name}'.", Qgis.Success, 5)
+            model = result.get("model") or next(
+                (o["path"] for o in result.get("outputs") or [] if o.get("kind") == "model"), None)
+            if model:  # ready to map land cover with the new model straight away
+                self.landcover.model.set_model_path(model)
+        if layers:
+            self.job_panel.job_ended(f"{kind} finished: {len(layers)} layer(s) added in group '{name}'.", True)
+            self.notify(f"{kind} finished: results in group '{name}'.", Qgis.Success, 5)
+        else:
+            self.job_panel.job_ended(f"{kind} finished.", True)
+            self.notify(f"{kind} finished.", Qgis.Success, 5)
         if layers and kind != "finetune":
             self.iface.mapCanvas().refresh()
 

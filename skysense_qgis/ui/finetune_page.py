@@ -24,6 +24,8 @@ def loss_history(result: dict) -> tuple:
         train = [h.get("loss", h.get("train_loss")) for h in history if isinstance(h, dict)]
         val = [h.get("val_loss") for h in history if isinstance(h, dict) and h.get("val_loss") is not None]
         return [v for v in train if v is not None], val
+    if isinstance(result.get("loss_curve"), list):
+        return loss_history({"metrics": {"history": result["loss_curve"]}})
     for src in (history, metrics):
         for key in ("train_loss", "loss_history", "losses", "loss"):
             if isinstance(src.get(key), list):
@@ -34,8 +36,8 @@ def loss_history(result: dict) -> tuple:
 def per_class_accuracy(result: dict) -> list:
     """[(class name, accuracy 0..1)] from the result metrics, when present."""
     metrics = result.get("metrics") or {}
-    for key in ("per_class_accuracy", "class_accuracy", "per_class", "per_class_iou", "iou_per_class"):
-        value = metrics.get(key)
+    for key in ("per_class", "per_class_accuracy", "class_accuracy", "per_class_iou", "iou_per_class"):
+        value = result.get(key) if key in result else metrics.get(key)
         if isinstance(value, dict):
             return [(str(k), float(v)) for k, v in value.items() if isinstance(v, (int, float))]
         if isinstance(value, list):
@@ -119,11 +121,16 @@ class FinetunePage(QWidget):
             self.accuracy.setItem(i, 0, QTableWidgetItem(name))
             self.accuracy.setItem(i, 1, QTableWidgetItem(f"{100 * score:.1f} %"))
         metrics = result.get("metrics") or {}
-        overall = metrics.get("overall_accuracy", metrics.get("accuracy", metrics.get("miou")))
+        overall = metrics.get("overall_accuracy", metrics.get("accuracy"))
         model = next((o["path"] for o in result.get("outputs", []) if o.get("kind") == "model"), None)
         parts = []
         if isinstance(overall, (int, float)):
             parts.append(f"Overall accuracy {100 * overall:.1f} %")
+        if isinstance(metrics.get("miou"), (int, float)):
+            parts.append(f"mIoU {metrics['miou']:.3f}")
+        baseline = metrics.get("random_forest")
+        if isinstance(baseline, dict) and isinstance(baseline.get("overall_accuracy"), (int, float)):
+            parts.append(f"random-forest baseline {100 * baseline['overall_accuracy']:.1f} %")
         if model:
             parts.append(f"model saved to {model}")
         self.summary.setText("; ".join(parts))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from qgis.gui import QgsCollapsibleGroupBox
 from qgis.PyQt.QtWidgets import QCheckBox, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from .. import job_params
@@ -40,7 +41,8 @@ class LandcoverPage(QWidget):
         f.addRow("High-res raster", self.hr_layer)
         f.addRow("Bands", bands)
         main.addWidget(inputs)
-        series = QGroupBox("Time series (optional)")
+        series = QgsCollapsibleGroupBox("Sentinel-2 / Sentinel-1 time series (optional)")
+        series.setCollapsed(True)
         s = QVBoxLayout(series)
         s.addWidget(hint("Sentinel-2 (10 bands) and Sentinel-1 (VV, VH) acquisitions; dates are read from "
                          "layer names such as S2A_20230514 when present."))

@@ -17,9 +17,16 @@ def layer_combo(kind: str = "raster", optional: bool = False) -> QgsMapLayerComb
                "vector": QgsMapLayerProxyModel.VectorLayer}[kind]
     combo.setFilters(filters)
     combo.setAllowEmptyLayer(optional)
+    _shrinkable(combo)
     if optional:
         combo.setLayer(None)
     return combo
+
+
+def _shrinkable(combo: QComboBox) -> None:
+    """Long layer names must not force the dock wider than the screen."""
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(10)
 
 
 def spin(value: int, low: int, high: int, step: int = 1, suffix: str = "") -> QSpinBox:
@@ -67,6 +74,7 @@ class ModelChooser(QWidget):
         super().__init__(parent)
         self.tasks = tasks
         self.combo = QComboBox()
+        _shrinkable(self.combo)
         self.combo.setToolTip("Model used for this task; 'Default' lets the backend pick its bundled model.")
         browse = QToolButton()
         browse.setText("…")

@@ -170,6 +170,15 @@ def test_finetune_page_shows_loss_curve_and_accuracy(plugin):
     assert "85.0 %" in page.summary.text() and "/m/model.pth" in page.summary.text()
     image = page.plot.grab()
     assert not image.isNull()
+    # The backend's own layout: loss_curve and per_class at the top level of the result.
+    page.show_result({"outputs": [{"path": "/m/ft.pth", "kind": "model", "role": "model"}], "model": "/m/ft.pth",
+                      "loss_curve": [{"epoch": 1, "train_loss": 1.2, "val_loss": 1.3},
+                                     {"epoch": 2, "train_loss": 0.7, "val_loss": 0.9}],
+                      "per_class": [{"value": 1, "name": "forest", "accuracy": 0.5, "iou": 0.4}],
+                      "metrics": {"overall_accuracy": 0.6, "miou": 0.41, "random_forest": {"overall_accuracy": 0.55}}})
+    assert page.plot.train == [1.2, 0.7] and page.plot.val == [1.3, 0.9]
+    assert page.accuracy.rowCount() == 1 and page.accuracy.item(0, 0).text() == "forest"
+    assert "random-forest baseline 55.0 %" in page.summary.text() and "mIoU 0.410" in page.summary.text()
 
 
 def test_web_map_layer_is_refused_by_the_dock(plugin, fake_backend):

@@ -110,7 +110,7 @@ def test_backend_killed_mid_job_is_detected_and_can_be_restarted(real_plugin, da
     os.kill(dock.manager.process.pid, signal.SIGKILL)
     plugin_helpers.wait_until(lambda: dock.task is None, 60, "the plugin to notice the dead backend")
     assert dock.last_result is None
-    assert dock.restart_button is not None
+    assert dock.restart_button is not None, dock.job_panel.status.text()
     assert "exit code -9" in dock.backend.status.text()
     assert not list((tmp_path / "results").glob("landcover_*.tif"))
     dock.restart_button.click()
