@@ -434,7 +434,7 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
     batch_size = int(params.get("batch_size") or 4)
     device = resolve_device(params.get("device") or "auto")
     landcover_model = params.get("landcover_model")
-    out_dir = Path(params["output_dir"])
+    out_dir = Path(params["output_dir"]).resolve()
     paths = {k: out_dir / f"{name}{suffix}" for k, suffix in [
         ("mask", ".tif"), ("mask_qml", ".qml"), ("probability", "_probability.tif"), ("vector", ".gpkg"),
         ("vector_qml", "_vector.qml"), ("pre_classes", "_pre_classes.tif"), ("post_classes", "_post_classes.tif"),

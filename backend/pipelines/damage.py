@@ -274,7 +274,7 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
     overlap = int(params.get("overlap", 32) if params.get("overlap") is not None else 32)
     batch_size = int(params.get("batch_size") or 4)
     device = resolve_device(params.get("device") or "auto")
-    out_dir = Path(params["output_dir"])
+    out_dir = Path(params["output_dir"]).resolve()
     paths = {k: out_dir / f"{name}{suffix}" for k, suffix in [
         ("raster", ".tif"), ("raster_qml", ".qml"), ("vector", ".gpkg"), ("vector_qml", "_vector.qml"),
         ("pixels", "_pixels.tif"), ("probability", "_change_probability.tif"),
@@ -346,7 +346,7 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
     metrics = {
         "method": method, "buildings_source": source, "buildings_read": int(total),
         "buildings_in_grid": len(geoms), "buildings_assessed": len(records),
-        "buildings_skipped_partial": int(len(geoms) - len(records)), "min_coverage": min_coverage,
+        "buildings_not_covered": int(len(geoms) - len(records)), "min_coverage": min_coverage,
         "damage_counts": counts, "thresholds": list(DAMAGE_THRESHOLDS), "ring_m": ring_m,
         "mean_confidence": round(float(np.mean([r["confidence"] for r in records])), 4) if records else None,
         "grid": {"crs": grid.crs.to_string() if grid.crs else None, "width": grid.width, "height": grid.height},

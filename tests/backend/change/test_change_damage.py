@@ -106,3 +106,29 @@ def test_bad_footprints_are_clear_errors(data_dir, tmp_path):
     with pytest.raises(InputError, match="not a readable vector"):
         run_damage(dict(params, buildings=str(junk)))
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_damage_model_file_replaces_the_rule(data_dir, tmp_path):
+    import torch
+    from models.checkpoint import save_model_file
+    from models.normalization import get_normalization
+    from models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("skysense_damage_tiny")
+    with torch.no_grad():  # "building" everywhere, graded 'major damage': every footprint gets class 3
+        model.decode_head.localization.conv_seg.bias.fill_(6.0)
+        model.decode_head.classification.conv_seg.bias.copy_(torch.tensor([0.0, 0.0, 6.0, 0.0]))
+    path = tmp_path / "damage_model.pth"
+    save_model_file(path, model, {"task": "damage", "classes": damage_classes(), "bands": {"hr": [1, 2, 3]},
+                                  "normalization": {"hr": get_normalization("hr")}, "tile_size": 256})
+    joplin = data_dir / "joplin"
+    result = run_damage({"pre": str(joplin / "pre" / "tile_337-9136.tif"),
+                         "post": str(joplin / "post" / "tile_31500-5137.tif"), "aoi": JOPLIN_AOI,
+                         "buildings": str(joplin / "buildings.geojson"), "model": str(path),
+                         "output_dir": str(tmp_path / "out")})
+    assert result["metrics"]["method"] == "damage model"
+    assert result["metrics"]["buildings_assessed"] >= 5
+    with fiona.open(next(o for o in result["outputs"] if o["role"] == "buildings")["path"]) as layer:
+        records = [f.properties for f in layer]
+    assert records and all(r["damage"] == 3 and 0.5 < r["confidence"] <= 1 for r in records)
