@@ -230,3 +230,11 @@ def backend_python_session() -> str:
     path = os.environ.get("SKYSENSE_BACKEND_PYTHON") or str(ROOT / ".venv" / "backend" / "bin" / "python")
     assert Path(path).exists(), f"backend interpreter {path} not found (set SKYSENSE_BACKEND_PYTHON)"
     return path
+
+
+@pytest.fixture
+def joplin_pair(data_dir, tmp_path):
+    """(pre crop in EPSG:26915, whole post tile in EPSG:4326): real imagery in two different CRSs."""
+    pre = tmp_path / "joplin_pre_20110520.tif"
+    gdal.Translate(str(pre), str(data_dir / "joplin" / "pre" / "tile_1361-10160.tif"), srcWin=[0, 0, 256, 256])
+    return pre, data_dir / "joplin" / "post" / "tile_32524-5137.tif"

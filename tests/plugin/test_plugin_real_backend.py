@@ -116,3 +116,62 @@ def test_backend_killed_mid_job_is_detected_and_can_be_restarted(real_plugin, da
     dock.restart_button.click()
     plugin_helpers.wait_until(lambda: dock.manager.is_ready(), 120, "the restarted backend")
     assert dock.manager.client().health()["status"] == "ok"
+
+
+def _add(path, name, provider="gdal"):
+    layer = (QgsRasterLayer(str(path), name) if provider == "gdal" else QgsVectorLayer(str(path), name, "ogr"))
+    assert layer.isValid(), path
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def _wait_for_result(plugin, helpers, what):
+    dock = plugin.dock
+    helpers.wait_until(lambda: dock.task is None and (dock.last_result is not None
+                                                      or "failed" in dock.job_panel.status.text()), 180, what)
+    assert dock.last_result is not None, dock.job_panel.status.text()
+    return {node.layer().name(): node.layer() for node in dock.last_group.findLayers()}
+
+
+def test_change_detection_across_crs_with_an_aoi_drawn_in_another_crs(real_plugin, joplin_pair, plugin_helpers):
+    from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsGeometry)
+    pre_path, post_path = joplin_pair
+    pre, post = _add(pre_path, "joplin pre"), _add(post_path, "joplin post")
+    assert pre.crs().authid() == "EPSG:26915" and post.crs().authid() == "EPSG:4326"
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    inner = pre.extent().buffered(-30)  # 30 m inside the pre crop, expressed in lon/lat below
+    aoi = QgsGeometry.fromRect(inner)
+    aoi.transform(QgsCoordinateTransform(pre.crs(), wgs84, QgsProject.instance()))
+    page = real_plugin.dock.change
+    page.pre_layer.setLayer(pre)
+    page.post_layer.setLayer(post)
+    page.tile_size.setValue(256)
+    page.device.setCurrentIndex(page.device.findData("cpu"))
+    page.aoi.set_drawn(aoi, wgs84)
+    page.run_button.click()
+    layers = _wait_for_result(real_plugin, plugin_helpers, "the change job")
+    mask = layers["change change"]
+    by_value = {c.value: c for c in mask.renderer().classes()}
+    assert mask.renderer().type() == "paletted" and by_value[0].color.alpha() == 0
+    assert by_value[1].label == "change"
+    assert mask.crs().authid() == "EPSG:26915"
+    assert "change probability" in layers and "change polygons" in layers
+
+
+def test_damage_assessment_gives_categorized_buildings(real_plugin, joplin_pair, data_dir, plugin_helpers):
+    pre_path, post_path = joplin_pair
+    page = real_plugin.dock.damage
+    page.pre_layer.setLayer(_add(pre_path, "pre"))
+    page.post_layer.setLayer(_add(post_path, "post"))
+    page.buildings.setLayer(_add(data_dir / "joplin" / "buildings.geojson", "footprints", "ogr"))
+    page.tile_size.setValue(256)
+    page.device.setCurrentIndex(page.device.findData("cpu"))
+    page.run_button.click()
+    layers = _wait_for_result(real_plugin, plugin_helpers, "the damage job")
+    buildings = layers["damage buildings"]
+    renderer = buildings.renderer()
+    assert renderer.type() == "categorizedSymbol" and renderer.classAttribute() == "damage"
+    assert [c.label() for c in renderer.categories()] == ["no damage", "minor damage", "major damage", "destroyed"]
+    assert buildings.featureCount() > 0 and buildings.crs().authid() == "EPSG:26915"
+    assert {f["damage"] for f in buildings.getFeatures()} <= {1, 2, 3, 4}
+    assert layers["damage damage"].renderer().type() == "paletted"
