@@ -47,8 +47,7 @@ def remove_partial_outputs(plan: OutputPlan, before: Set[str]) -> list:
     removed = []
     for name in sorted(_entries(plan.output_dir) - before):
         path = plan.output_dir / name
-        if plan.owns(name) or any(path == p for p in plan.exact) or \
-                any(name.lstrip(".").startswith(p.name) for p in plan.exact):
+        if plan.owns(name):
             _remove(path)
             removed.append(str(path))
     if removed:

@@ -2,7 +2,6 @@
 whatever schemathesis sends, the server answers without a 5xx and keeps serving."""
 from __future__ import annotations
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
