@@ -58,10 +58,11 @@ def _expected_footprints(data_dir, aoi_geom):
 
 
 def test_joplin_mosaics_with_footprints(data_dir, tmp_path):
-    joplin = data_dir / "joplin"
-    result = run_damage({"pre": sorted(str(p) for p in (joplin / "pre").glob("*.tif")),
-                         "post": sorted(str(p) for p in (joplin / "post").glob("*.tif")),
-                         "buildings": str(joplin / "buildings.geojson"), "aoi": JOPLIN_AOI,
+    from backend.datasets.joplin import joplin_sample
+
+    sample = joplin_sample(data_dir)
+    assert len(sample.pre) == 4 and len(sample.post) == 6
+    result = run_damage({"pre": sample.pre, "post": sample.post, "buildings": sample.buildings, "aoi": JOPLIN_AOI,
                          "output_dir": str(tmp_path), "name": "joplin_damage"})
     vector = next(o for o in result["outputs"] if o["role"] == "buildings")
     raster = next(o for o in result["outputs"] if o["role"] == "damage")
