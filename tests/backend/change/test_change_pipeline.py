@@ -116,3 +116,27 @@ def test_evaluate_levir_reproduces_the_stored_heldout_metrics(data_dir):
     for key in ("f1", "iou", "precision", "recall"):
         assert metrics[key] == pytest.approx(stored[key], abs=0.01), key
     assert metrics["f1"] > 0.4 and metrics["iou"] > 0.25
+
+
+def test_tiles_of_one_date_must_share_crs(data_dir, tmp_path):
+    joplin = data_dir / "joplin"
+    mixed = [str(joplin / "pre" / "tile_337-9136.tif"), str(joplin / "post" / "tile_31500-5137.tif")]
+    with pytest.raises(InputError, match="must share CRS"):
+        run_change({"pre": mixed, "post": mixed[1], "output_dir": str(tmp_path)})
+
+
+def test_mosaic_of_tiles_equals_the_tiles(data_dir, tmp_path):
+    from pathlib import Path
+
+    from rasterio.windows import from_bounds
+
+    from backend.pipelines.change import mosaic_vrt
+
+    tiles = sorted(str(p) for p in (data_dir / "joplin" / "pre").glob("*.tif"))
+    vrt = mosaic_vrt(tiles, Path(tmp_path) / "pre.vrt", "pre")
+    with rasterio.open(vrt) as mosaic:
+        assert (mosaic.width, mosaic.height) == (2048, 2048)
+        for tile in tiles:
+            with rasterio.open(tile) as src:
+                window = from_bounds(*src.bounds, transform=mosaic.transform).round_offsets().round_lengths()
+                assert np.array_equal(mosaic.read(window=window), src.read())
