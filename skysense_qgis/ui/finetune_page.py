@@ -105,11 +105,18 @@ class FinetunePage(QWidget):
         self._last_epoch = None
 
     def progress_message(self, message: str) -> None:
-        """Live curve: the backend reports e.g. 'epoch 3/10 loss 0.412'."""
+        """Live curve: the backend reports the running loss, e.g. 'epoch 3/10: loss 0.412'.
+
+        One point per epoch, updated while the epoch runs, so the last value is the epoch's mean loss."""
         loss, epoch = _LOSS_IN_MESSAGE.search(message or ""), _EPOCH_IN_MESSAGE.search(message or "")
-        if loss and epoch and epoch.group(1) != getattr(self, "_last_epoch", None):
+        if not (loss and epoch):
+            return
+        if epoch.group(1) != getattr(self, "_last_epoch", None) or not self.plot.train:
             self._last_epoch = epoch.group(1)
             self.plot.append(float(loss.group(1)))
+        else:
+            self.plot.train[-1] = float(loss.group(1))
+            self.plot.update()
 
     def show_result(self, result: dict) -> None:
         train, val = loss_history(result)

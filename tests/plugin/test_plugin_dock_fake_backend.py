@@ -157,8 +157,9 @@ def test_selected_polygons_become_the_aoi_in_their_own_crs(plugin):
 def test_finetune_page_shows_loss_curve_and_accuracy(plugin):
     page = plugin.dock.finetune
     page.job_started()
-    for epoch, loss in ((1, 0.9), (2, 0.6), (2, 0.6), (3, 0.4)):
-        page.progress_message(f"epoch {epoch}/3 loss {loss}")
+    for epoch, loss in ((1, 1.3), (1, 0.9), (2, 0.7), (2, 0.6), (3, 0.4)):
+        page.progress_message(f"epoch {epoch}/3: loss {loss}")
+    page.progress_message("epoch 3/3: val mIoU 0.512")  # not a loss: ignored
     assert page.plot.train == [0.9, 0.6, 0.4]
     page.show_result({"outputs": [{"path": "/m/model.pth", "kind": "model"}],
                       "metrics": {"history": [{"epoch": 1, "loss": 0.8, "val_loss": 0.9},

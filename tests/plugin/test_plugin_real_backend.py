@@ -175,3 +175,49 @@ def test_damage_assessment_gives_categorized_buildings(real_plugin, joplin_pair,
     assert buildings.featureCount() > 0 and buildings.crs().authid() == "EPSG:26915"
     assert {f["damage"] for f in buildings.getFeatures()} <= {1, 2, 3, 4}
     assert layers["damage damage"].renderer().type() == "paletted"
+
+
+def _loveda_labels(data_dir, crop, tmp_path):
+    """LoveDA's own annotation for the same window, polygonized into a GeoPackage (field 'cls')."""
+    from osgeo import ogr, osr
+    ref = gdal.Open(str(crop))
+    mask = tmp_path / "labels.tif"
+    gdal.Translate(str(mask), str(data_dir / "loveda" / "ann_dir" / "0.png"), srcWin=[0, 0, 256, 256],
+                   outputSRS="EPSG:32650", outputBounds=_bounds(ref))
+    src = gdal.Open(str(mask))
+    out = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "labels.gpkg"))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32650)
+    layer = out.CreateLayer("labels", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("cls", ogr.OFTInteger))
+    gdal.Polygonize(src.GetRasterBand(1), src.GetRasterBand(1), layer, 0)
+    out = None
+    return tmp_path / "labels.gpkg"
+
+
+def _bounds(ds):
+    x0, dx, _, y0, _, dy = ds.GetGeoTransform()
+    return [x0, y0, x0 + dx * ds.RasterXSize, y0 + dy * ds.RasterYSize]
+
+
+def test_finetune_through_the_dock_shows_curve_accuracy_and_selects_the_model(
+        real_plugin, loveda_crop, landcover_model, data_dir, tmp_path, plugin_helpers):
+    dock = real_plugin.dock
+    page = dock.finetune
+    page.raster.setLayer(_add(loveda_crop, "loveda"))
+    page.labels.setLayer(_add(_loveda_labels(data_dir, loveda_crop, tmp_path), "labels", "ogr"))
+    page.class_field.setField("cls")
+    page.base_model.set_model_path(str(landcover_model))
+    page.epochs.setValue(1)
+    page.device.setCurrentIndex(page.device.findData("cpu"))
+    page.run_button.click()
+    plugin_helpers.wait_until(lambda: dock.task is None and dock.job_panel.status.text() != "Starting the SkySense "
+                              "backend…" and not dock._ready_timer.isActive(), 240, "the fine-tune job")
+    assert dock.last_result is not None, dock.job_panel.status.text()
+    model = dock.last_result["model"]
+    assert os.path.isfile(model)
+    assert len(page.plot.train) == 1 and len(page.plot.val) == 1
+    assert page.accuracy.rowCount() >= 2
+    assert "Overall accuracy" in page.summary.text() and "random-forest baseline" in page.summary.text()
+    assert dock.landcover.model.model_path() == model
+    assert dock.last_group is None  # a model is not a map layer: no empty group
