@@ -1,0 +1,226 @@
+"""`make eval`: accuracy tables on the real sample data.
+
+1. Land cover: the committed default model on the held-out LoveDA tile (never used in training), mapped
+   through the product's own land-cover pipeline on the georeferenced tile.
+2. Fine-tuning vs random forest: polygons digitised (polygonised from the mask, shrunk inwards) on the left
+   half of the held-out tile; both methods scored on held-out whole polygons and on the untouched right half.
+3. Change detection / damage: the change engineer's evaluators when present.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "  n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _scores_against_mask(prediction_values: np.ndarray, mask: np.ndarray, classes: list[dict]) -> dict:
+    """Score a class-value raster against a LoveDA mask; classes matched by name to LoveDA codes."""
+    from backend.datasets.loveda import loveda_palette
+    from backend.trainers.metrics import ConfusionAccumulator
+
+    code_of = {c["name"]: c["value"] for c in loveda_palette()["classes"]}
+    index_of_code = {code_of[c["name"]]: i for i, c in enumerate(classes) if c["name"] in code_of}
+    index_of_value = {c["value"]: i for i, c in enumerate(classes)}
+    truth = np.full(mask.shape, -1, np.int64)
+    for code, index in index_of_code.items():
+        truth[mask == code] = index
+    predicted = np.full(prediction_values.shape, len(classes) - 1, np.int64)
+    for value, index in index_of_value.items():
+        predicted[prediction_values == value] = index
+    accumulator = ConfusionAccumulator(len(classes))
+    accumulator.update(truth, predicted)
+    return accumulator.scores([c["name"] for c in classes])
+
+
+def landcover_row(data_dir: Path, work: Path, model_path: Path) -> dict:
+    """Default model through run_landcover on the georeferenced held-out tile."""
+    import rasterio
+    from backend.datasets.loveda import georeference_loveda, read_loveda_tile
+    from backend.pipelines.landcover import run_landcover
+    from backend.trainers.train_defaults import HELDOUT_TILE
+
+    (image_tif, _), = georeference_loveda(data_dir, work / "loveda", tile_ids=[HELDOUT_TILE])
+    started = time.perf_counter()
+    result = run_landcover({"hr": [{"path": str(image_tif)}], "model": str(model_path), "output_dir": str(work / "lc"),
+                            "name": "heldout", "vectorize": False, "device": "cpu"})
+    seconds = time.perf_counter() - started
+    raster = next(o["path"] for o in result["outputs"] if o["role"] == "classes")
+    with rasterio.open(raster) as src:
+        predicted = src.read(1)
+    _, mask = read_loveda_tile(data_dir, HELDOUT_TILE)
+    scores = _scores_against_mask(predicted, mask, result["classes"])
+    scores["seconds"] = round(seconds, 1)
+    scores["dataset"] = f"LoveDA tile {HELDOUT_TILE} (held out), {mask.shape[1]}x{mask.shape[0]} px"
+    return scores
+
+
+def finetune_rows(data_dir: Path, work: Path, model_path: Path, epochs: int) -> dict:
+    """Fine-tune the default model and a random forest on polygons from the left half of the held-out tile."""
+    import rasterio
+    from rasterio.windows import Window
+    from backend.datasets.chips import normalise
+    from backend.datasets.loveda import georeference_loveda, loveda_polygons, read_loveda_tile
+    from backend.datasets.polygons import build_polygon_dataset
+    from backend.trainers.finetune import finetune_on_polygons, load_base_model
+    from backend.trainers.predict import predict_classes
+    from backend.trainers.random_forest import predict_scene, train_random_forest
+    from backend.trainers.train_defaults import HELDOUT_TILE
+
+    (image_tif, mask_tif), = georeference_loveda(data_dir, work / "loveda", tile_ids=[HELDOUT_TILE])
+    labels = loveda_polygons(mask_tif, work / "user_polygons.gpkg", window=Window(0, 0, 512, 1024),
+                             min_pixels=400, shrink=0.9, crs="EPSG:4326")
+    result = finetune_on_polygons(image_tif, labels, "class", work / "finetune", name="finetuned",
+                                  base_model=model_path, epochs=epochs, chips_per_epoch=32, patience=4,
+                                  compare_random_forest=True)
+    # Dense accuracy on the right half, which no polygon touches.
+    image, mask = read_loveda_tile(data_dir, HELDOUT_TILE)
+    right_image, right_mask = image[:, :, 512:], mask[:, 512:]
+    model, meta = load_base_model(result["model"])
+    norm = meta["normalization"]["hr"]
+    classes = result["classes"]
+    values = np.array([c["value"] for c in classes])
+    fine_pred = values[predict_classes(model, normalise(right_image, norm["mean"], norm["std"]), tile=512, overlap=64)]
+    dataset = build_polygon_dataset(image_tif, labels, "class", bands=[1, 2, 3], palette_classes=meta["classes"])
+    forest = train_random_forest(dataset.train, dataset.val, [c["name"] for c in dataset.classes])
+    rf_pred = values[predict_scene(forest.classifier, right_image)]
+    base_model, base_meta = load_base_model(model_path)
+    base_norm = base_meta["normalization"]["hr"]
+    base_values = np.array([c["value"] for c in base_meta["classes"]])
+    base_pred = base_values[predict_classes(base_model, normalise(right_image, base_norm["mean"], base_norm["std"]),
+                                            tile=512, overlap=64)]
+    return {
+        "classes": classes,
+        "polygons": {"train": len(result["train_polygons"]), "val": len(result["val_polygons"])},
+        "heldout_polygons": {"finetuned": result["metrics"], "random_forest": result["metrics"]["random_forest"]},
+        "per_class": result["per_class"],
+        "right_half": {"finetuned": _scores_against_mask(fine_pred, right_mask, classes),
+                       "random_forest": _scores_against_mask(rf_pred, right_mask, classes),
+                       "default_model": _scores_against_mask(base_pred, right_mask, base_meta["classes"])},
+        "loss_curve": result["loss_curve"],
+        "epochs_run": result["metrics"]["epochs_run"],
+    }
+
+
+def change_rows(data_dir: Path) -> dict:
+    """Rows from the change engineer's evaluators; a note where one is missing or fails."""
+    rows = {}
+    try:
+        from backend.trainers.change import evaluate_levir
+    except ImportError as exc:
+        rows["change"] = {"note": f"skipped: backend.trainers.change.evaluate_levir not available ({exc})"}
+    else:
+        try:
+            rows["change"] = evaluate_levir(data_dir)
+        except Exception as exc:   # report, do not hide the other tables
+            rows["change"] = {"note": f"failed: {type(exc).__name__}: {exc}"}
+    try:
+        import backend.trainers.damage as damage
+    except ImportError:
+        rows["damage"] = {"note": "skipped: backend.trainers.damage is not available"}
+    else:
+        evaluator = next((getattr(damage, name) for name in ("evaluate_damage", "evaluate_joplin", "evaluate")
+                          if callable(getattr(damage, name, None))), None)
+        if evaluator is None:
+            rows["damage"] = {"note": "skipped: backend.trainers.damage has no evaluate_damage(data_dir)"}
+        else:
+            try:
+                rows["damage"] = evaluator(data_dir)
+            except Exception as exc:
+                rows["damage"] = {"note": f"failed: {type(exc).__name__}: {exc}"}
+    return rows
+
+
+def print_report(report: dict) -> None:
+    lc = report.get("landcover")
+    print("\n=== Land cover: default model, held-out LoveDA tile (product pipeline) ===")
+    if lc and "note" not in lc:
+        print(f"model {report['model']}\n{lc['dataset']}, mapped in {lc['seconds']} s")
+        print(f"OA {_fmt(lc['overall_accuracy'])}   mIoU {_fmt(lc['miou'])}   kappa {_fmt(lc['kappa'])}")
+        print(f"{'class':<14}{'IoU':>8}{'recall':>8}{'precision':>10}{'pixels':>10}")
+        for name, iou, rec, prec, n in zip(lc["class_names"], lc["iou"], lc["producers_accuracy"],
+                                           lc["users_accuracy"], lc["support"]):
+            print(f"{name:<14}{_fmt(iou):>8}{_fmt(rec):>8}{_fmt(prec):>10}{n:>10}")
+    else:
+        print(lc["note"] if lc else "not run")
+
+    ft = report.get("finetune")
+    print("\n=== Fine-tuning vs random forest: polygons on the left half of the held-out tile ===")
+    if ft and "note" not in ft:
+        print(f"{ft['polygons']['train']} training / {ft['polygons']['val']} validation polygons; "
+              f"{ft['epochs_run']} epochs")
+        fine, forest = ft["heldout_polygons"]["finetuned"], ft["heldout_polygons"]["random_forest"]
+        right = ft["right_half"]
+        print(f"{'':<34}{'fine-tuned':>12}{'random forest':>15}{'default model':>15}")
+        print(f"{'OA, held-out polygons':<34}{_fmt(fine['overall_accuracy']):>12}{_fmt(forest['overall_accuracy']):>15}{'':>15}")
+        print(f"{'mIoU, held-out polygons':<34}{_fmt(fine['miou']):>12}{_fmt(forest['miou']):>15}{'':>15}")
+        print(f"{'OA, right half (dense)':<34}{_fmt(right['finetuned']['overall_accuracy']):>12}"
+              f"{_fmt(right['random_forest']['overall_accuracy']):>15}{_fmt(right['default_model']['overall_accuracy']):>15}")
+        print(f"{'mIoU, right half (dense)':<34}{_fmt(right['finetuned']['miou']):>12}"
+              f"{_fmt(right['random_forest']['miou']):>15}{_fmt(right['default_model']['miou']):>15}")
+        for index, cls in enumerate(ft["classes"]):
+            print(f"{'IoU ' + cls['name'] + ', right half':<34}{_fmt(right['finetuned']['iou'][index]):>12}"
+                  f"{_fmt(right['random_forest']['iou'][index]):>15}{'':>15}")
+        print("loss curve: " + ", ".join(f"{p['epoch']}: {p['train_loss']:.3f}/{p['val_loss']:.3f}"
+                                         for p in ft["loss_curve"]) + "  (epoch: train/val loss)")
+    else:
+        print(ft["note"] if ft else "not run")
+
+    print("\n=== Change detection and damage ===")
+    for key, row in (report.get("change") or {}).items():
+        if "note" in row:
+            print(f"{key:<8} {row['note']}")
+        else:
+            scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            print(f"{key:<8} " + "  ".join(f"{k} {_fmt(float(v))}" for k, v in scalars.items())
+                  + (f"  ({len(row['pairs'])} held-out pairs)" if isinstance(row.get("pairs"), list) else ""))
+
+
+def main(argv=None) -> int:
+    from backend.trainers.train_defaults import DEFAULT_MODEL_PATH
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default=os.environ.get("SKYSENSE_DATA", str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH))
+    parser.add_argument("--finetune-epochs", type=int, default=6)
+    parser.add_argument("--json", default=str(REPO / "build" / "eval" / "eval.json"), help="also write the figures here")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["landcover", "finetune", "change"])
+    args = parser.parse_args(argv)
+    data_dir, model_path = Path(args.data), Path(args.model)
+    if not data_dir.is_dir():
+        print(f"sample data not found at {data_dir} (set SKYSENSE_DATA or --data)", file=sys.stderr)
+        return 2
+    report = {"model": str(model_path), "data": str(data_dir)}
+    with tempfile.TemporaryDirectory(prefix="skysense_eval_") as tmp:
+        work = Path(tmp)
+        if not model_path.exists():
+            note = {"note": f"skipped: {model_path} missing (run `make train-default`)"}
+            report["landcover"] = report["finetune"] = note
+        else:
+            if "landcover" not in args.skip:
+                report["landcover"] = landcover_row(data_dir, work, model_path)
+            if "finetune" not in args.skip:
+                report["finetune"] = finetune_rows(data_dir, work, model_path, args.finetune_epochs)
+        if "change" not in args.skip:
+            report["change"] = change_rows(data_dir)
+    print_report(report)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+        print(f"\nfigures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
