@@ -1,7 +1,7 @@
 """Dock behaviour against a small fake HTTP backend (UI unit tests; the real backend is tested in
 test_plugin_real_backend.py)."""
 import pytest
-from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsProject,
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsPointXY, QgsProject,
                        QgsRasterLayer, QgsRectangle, QgsVectorLayer)
 from qgis.PyQt.QtCore import QDate
 
@@ -191,3 +191,39 @@ def test_web_map_layer_is_refused_by_the_dock(plugin, fake_backend):
     plugin.dock.landcover.run_button.click()
     assert "'basemap' is a wms layer, not a raster file" in _criticals(plugin.iface)[-1]
     assert not [r for r in fake_backend.requests if r[0] == "/jobs"]
+
+
+def _mouse(canvas, kind, x, y, button=None):
+    from qgis.gui import QgsMapMouseEvent
+    from qgis.PyQt.QtCore import QEvent, QPoint, Qt
+    button = button or Qt.LeftButton
+    return QgsMapMouseEvent(canvas, kind, QPoint(x, y), button, button, Qt.NoModifier)
+
+
+def test_rectangle_and_polygon_tools_set_the_aoi_in_the_canvas_crs(plugin, qgis_canvas):
+    from qgis.PyQt.QtCore import QEvent, Qt
+    qgis_canvas.resize(400, 400)
+    qgis_canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
+    qgis_canvas.setExtent(QgsRectangle(0, 0, 4000, 4000))
+    aoi = plugin.dock.landcover.aoi
+    aoi.canvas = qgis_canvas
+    aoi.draw_rect.click()
+    tool = aoi.tool
+    assert qgis_canvas.mapTool() is tool
+    tool.canvasPressEvent(_mouse(qgis_canvas, QEvent.MouseButtonPress, 100, 100))
+    tool.canvasMoveEvent(_mouse(qgis_canvas, QEvent.MouseMove, 200, 250))
+    tool.canvasReleaseEvent(_mouse(qgis_canvas, QEvent.MouseButtonRelease, 200, 250))
+    payload = aoi.aoi()
+    assert payload["crs"] == "EPSG:3857" and payload["geometry"]["type"] == "Polygon"
+    rect = QgsGeometry.fromPolygonXY([[QgsPointXY(*pt) for pt in payload["geometry"]["coordinates"][0]]])
+    expected = QgsRectangle(tool.toMapCoordinates(_mouse(qgis_canvas, QEvent.MouseMove, 100, 100).pos()),
+                            tool.toMapCoordinates(_mouse(qgis_canvas, QEvent.MouseMove, 200, 250).pos()))
+    assert rect.boundingBox().toString(1) == expected.toString(1)
+
+    aoi.draw_poly.click()
+    poly_tool = aoi.tool
+    for x, y in ((50, 50), (300, 60), (200, 300)):
+        poly_tool.canvasReleaseEvent(_mouse(qgis_canvas, QEvent.MouseButtonRelease, x, y))
+    poly_tool.canvasReleaseEvent(_mouse(qgis_canvas, QEvent.MouseButtonRelease, 0, 0, Qt.RightButton))
+    ring = aoi.aoi()["geometry"]["coordinates"][0]
+    assert len(ring) == 4 and ring[0] == ring[-1]

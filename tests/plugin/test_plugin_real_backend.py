@@ -85,6 +85,17 @@ def test_processing_landcover_algorithm_with_the_real_backend(real_plugin, loved
     assert out["POLYGONS"] is None
     assert os.path.dirname(out["CLASSES"]) == str(tmp_path / "proc")
 
+    # Loaded through Processing's own result handling, the outputs come in styled too.
+    processing.runAndLoadResults("skysense:landcover", {
+        "INPUT": layer, "BANDS": [1, 2, 3], "MODEL": str(landcover_model), "TILE_SIZE": 256, "OVERLAP": 32,
+        "DEVICE": 1, "VECTORIZE": True, "OUTPUT_FOLDER": str(tmp_path / "proc2")})
+    loaded = {lyr.name(): lyr for lyr in QgsProject.instance().mapLayers().values()}
+    classes_layers = [lyr for name, lyr in loaded.items() if name.endswith(" classes")]
+    assert len(classes_layers) == 1, sorted(loaded)
+    assert classes_layers[0].renderer().type() == "paletted"
+    assert [label for label, _ in classes_layers[0].renderer().legendSymbologyItems()] == LOVEDA_NAMES
+    assert any(name.endswith(" polygons") for name in loaded)
+
 
 def test_processing_refuses_a_non_file_layer_with_a_clear_message(real_plugin, tmp_path):
     import processing
