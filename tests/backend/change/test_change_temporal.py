@@ -71,3 +71,24 @@ def test_land_cover_pipeline_hands_series_to_the_temporal_pipeline(s2_scene, tem
 
     result = run_landcover(_params(s2_scene, temporal_model_file, tmp_path / "lc"))
     assert result["metrics"]["series"]["s2"]["used"] == 2
+
+
+def test_sentinel1_series_with_aoi(s2_scene, temporal_model_file, tmp_path):
+    from rasterio.transform import from_origin
+
+    from .conftest import write_raster
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for k, date in enumerate(["2023-02-01", "2023-03-01"]):
+        db = np.stack([rng.normal(-12, 2, (40, 40)), rng.normal(-19, 2, (40, 40))]).astype(np.float32)
+        frames.append({"path": write_raster(tmp_path / f"s1_{k}.tif", db, "EPSG:32615",
+                                            from_origin(499900, 4100100, 12.0, 12.0)), "date": date})
+    aoi = {"geometry": {"type": "Polygon", "coordinates": [[[500010, 4099990], [500150, 4099990], [500150, 4099850],
+                                                            [500010, 4099850], [500010, 4099990]]]},
+           "crs": "EPSG:32615"}
+    result = run_temporal_landcover(_params(s2_scene, temporal_model_file, tmp_path / "out", s2=[], s1=frames,
+                                            aoi=aoi, vectorize=False))
+    classes, crs, transform = _classes(result["outputs"][0]["path"])
+    assert classes.shape == (140, 140) and crs.to_epsg() == 32615
+    assert result["metrics"]["series"]["s1"]["used"] == 2 and "s2" not in result["metrics"]["series"]
