@@ -9,6 +9,8 @@ depend on the raster height and grows only by `overlap` rows with its width.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import queue
 import threading
@@ -137,9 +139,16 @@ class _Reader(threading.Thread):
                         for b, j in enumerate(cols):
                             c0 = j * L.stride
                             c1 = min(c0 + L.tile, L.width)
-                            tile = (data[:, :, c0:c1].astype(np.float32) - mean) * inv_std
-                            tile[:, ~valid[:, c0:c1]] = 0.0  # nodata pixels look like the mean
-                            batch[b] = pad_to(tile, L.tile, L.tile)
+                            tile = data[:, :, c0:c1].astype(np.float32)
+                            tile -= mean
+                            tile *= inv_std
+                            tile_valid = valid[:, c0:c1]
+                            if not tile_valid.all():
+                                tile[:, ~tile_valid] = 0.0  # nodata pixels look like the mean
+                            if tile.shape[1:] == (L.tile, L.tile):
+                                batch[b] = tile
+                            else:
+                                batch[b] = pad_to(tile, L.tile, L.tile)
                         arrays.append(batch)
                     _put(self.out, ("batch", i, cols, arrays), self.stop)
             _put(self.out, ("end",), self.stop)
@@ -182,6 +191,30 @@ class _Writer(threading.Thread):
         if self.error is not None:
             raise self.error
         self.q.put(item)
+
+
+def _load_malloc_trim():
+    """glibc's malloc_trim, after pinning the mmap threshold at 1 MiB: tile-sized buffers (several
+    MiB, allocated by the reader thread and freed by the main thread) then always come from mmap and
+    go straight back to the OS, instead of fragmenting per-thread heaps as glibc's adaptive threshold
+    would. Process-wide, but only changes where large blocks live, not behaviour."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS once per tile row. Tile-sized buffers are allocated and
+    freed by two threads; glibc otherwise keeps that memory in per-thread arenas and the process
+    footprint creeps up with the number of tiles, which would defeat the flat-memory design."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _split(n: int, size: int) -> list:
@@ -334,9 +367,12 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
         local = np.zeros((K + 1, T, x1 - x0), np.float32)
         if left is not None:
             local[:, :, :O] += left
+        if not probs.flags.writeable:
+            probs = probs.copy()
+        probs *= weights  # in place: no per-tile temporaries
         for b, j in enumerate(cols):
             off = (j - ja) * S
-            local[:K, :, off:off + T] += probs[b] * weights
+            local[:K, :, off:off + T] += probs[b]
             local[K, :, off:off + T] += weights
         last_col = jb == L.cols - 1
         fc1 = x1 if last_col else (jb + 1) * S
@@ -350,10 +386,11 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
         if c1 > x0:
             rows_out = labels.shape[0]
             region = block[:, :rows_out, :c1 - x0]
-            blended = region[:K] / region[K]
-            labels[:, x0:c1] = lut[np.argmax(blended, axis=0)]
+            # The summed weight is the same for every class of a pixel: the argmax needs no division.
+            labels[:, x0:c1] = lut[np.argmax(region[:K], axis=0)]
             if conf is not None:
-                conf[:, x0:c1] = np.rint(blended.max(axis=0) * 100).astype(np.uint8)
+                top_prob = region[:K].max(axis=0) / region[K]
+                conf[:, x0:c1] = np.rint(top_prob * 100).astype(np.uint8)
         done += len(cols)
         if last_col:
             if new_top is not None:
@@ -363,4 +400,5 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
             if conf is not None:
                 conf[invalid] = 255
             writer.submit((labels, conf) if conf is not None else (labels,))
+            _release_free_memory()
         progress.update(done / L.n_tiles, f"tile {done}/{L.n_tiles}")

@@ -1,0 +1,51 @@
+"""One engine run in a fresh process, reporting its peak resident memory (ru_maxrss).
+
+Run by benchmarks.run_all in a subprocess so each measurement starts from a clean process:
+  python -m benchmarks.memory_probe RASTER OUT --model dummy|tiny [--tile 512 --overlap 64 --batch 4]
+Prints one JSON line: {"peak_rss_mb", "baseline_rss_mb", "seconds", "megapixels", "tiles"}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("raster")
+    ap.add_argument("out")
+    ap.add_argument("--model", choices=["dummy", "tiny"], default="dummy")
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--overlap", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=4)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from backend.inference.engine import EngineInput, run_inference
+    from backend.inference.predictors import TorchPredictor
+    from benchmarks.models import build_model
+
+    model = build_model(args.model)
+    predictor = TorchPredictor(model, device="cpu")
+    with torch.inference_mode():  # warm-up outside the measured run, so lazy init is in the baseline
+        predictor([torch.zeros(1, 3, 64, 64).numpy()])
+    baseline = _rss_mb()
+    started = time.perf_counter()
+    result = run_inference([EngineInput(args.raster, mean=[128.0] * 3, std=[64.0] * 3)], predictor, args.out,
+                           list(range(1, 8)), tile_size=args.tile, overlap=args.overlap, batch_size=args.batch)
+    print(json.dumps({"peak_rss_mb": round(_rss_mb(), 1), "baseline_rss_mb": round(baseline, 1),
+                      "seconds": round(time.perf_counter() - started, 2), "megapixels": result.megapixels,
+                      "tiles": result.tiles}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
