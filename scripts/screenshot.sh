@@ -150,6 +150,7 @@ def poll():
                     node.setExpanded(True)
             for node in QgsProject.instance().layerTreeRoot().children():
                 node.setExpanded(node.name() == group.name())
+            state["expand"] = group
             dock.landcover.aoi.clear()
             iface.mapCanvas().setExtent(dock.last_group.findLayers()[0].layer().extent())
             iface.mapCanvas().refresh()
@@ -159,6 +160,13 @@ def poll():
             state["phase"] = "failed"
     if state["phase"] == "done":
         state["settle"] += 1
+        # The tree view syncs node state lazily: expand the result group (class legend) once it exists.
+        view = iface.layerTreeView()
+        group = state.get("expand")
+        if group is not None and hasattr(view, "node2index"):
+            view.setExpanded(view.node2index(group), True)
+            for node in group.findLayers():
+                view.setExpanded(view.node2index(node), node.layer().type() != node.layer().VectorLayer)
         if state["settle"] >= 12 and not iface.mapCanvas().isDrawing():
             timer.stop()
             finish(True)
