@@ -77,9 +77,6 @@ class RectangleAoiTool(QgsMapToolEmitPoint):
     def clear(self):
         self.band.reset(QgsWkbTypes.PolygonGeometry)
 
-    def deactivate(self):
-        super().deactivate()
-
 
 class PolygonAoiTool(QgsMapToolEmitPoint):
     """Left click adds a vertex, right click (or double click) closes the polygon."""

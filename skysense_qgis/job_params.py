@@ -90,7 +90,8 @@ def damage_params(pre: QgsRasterLayer, post: QgsRasterLayer, output_dir: str, na
                   aoi: Optional[dict] = None, tile_size: int = 512, overlap: int = 64,
                   device: str = "auto") -> dict:
     # A multi-layer GeoPackage is copied so the backend reads exactly the chosen layer.
-    buildings_path = vector_source(buildings, allow_memory_export=True, single_layer=True)[0] if buildings else None
+    buildings_path = (vector_source(buildings, allow_memory_export=True, single_layer=True)[0]
+                      if buildings is not None else None)
     return {
         "pre": raster_path(pre), "post": raster_path(post),
         "buildings": buildings_path,

@@ -77,6 +77,7 @@ class SkySensePlugin:
         if self.dock is not None:
             if self.dock.task is not None:
                 self.dock.task.cancel()
+            self.dock.cleanup()
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None

@@ -192,6 +192,9 @@ class SkySenseDock(QDockWidget):
         except (LayerSourceError, ValueError) as exc:
             self.notify(str(exc), Qgis.Critical, 10)
             return None
+        except OSError as exc:  # e.g. the output folder cannot be created
+            self.notify(f"Cannot use the output folder: {exc}", Qgis.Critical, 10)
+            return None
         if not self.manager.is_running() or self.manager.has_exited():
             self.start_backend(then=lambda: self.submit(kind, params, name))
             return None
@@ -265,6 +268,17 @@ class SkySenseDock(QDockWidget):
             return None
         self.notify(f"Saved {os.path.basename(written)}.", Qgis.Success, 5)
         return written
+
+    def cleanup(self) -> None:
+        """Called on unload: no map tool or rubber band of ours may outlive the dock."""
+        self._ready_timer.stop()
+        canvas = self.iface.mapCanvas()
+        for aoi in (self.landcover.aoi, self.change.aoi):
+            if aoi.tool is not None:
+                aoi.clear()
+                if canvas.mapTool() is aoi.tool:
+                    canvas.unsetMapTool(aoi.tool)
+                aoi.tool = None
 
     def closeEvent(self, event):  # noqa: N802
         self._ready_timer.stop()
