@@ -1,6 +1,8 @@
 """One engine run in a fresh process, reporting its peak resident memory (ru_maxrss).
 
-Run by benchmarks.run_all in a subprocess so each measurement starts from a clean process:
+Run by benchmarks.run_all in a subprocess so each measurement starts from a clean process.
+Peak = VmHWM from /proc/self/status (the resident high-water mark of this process image, reset at
+exec); ru_maxrss is the fallback off Linux, but on Linux it starts at the parent's size at fork.
   python -m benchmarks.memory_probe RASTER OUT --model dummy|tiny [--tile 512 --overlap 64 --batch 4]
 Prints one JSON line: {"peak_rss_mb", "baseline_rss_mb", "seconds", "megapixels", "tiles"}.
 """
@@ -13,8 +15,25 @@ import sys
 import time
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+def _status_mb(field: str):
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _peak_mb() -> float:
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _current_mb() -> float:
+    now = _status_mb("VmRSS")
+    return now if now is not None else _peak_mb()
 
 
 def main(argv=None) -> int:
@@ -37,11 +56,11 @@ def main(argv=None) -> int:
     predictor = TorchPredictor(model, device="cpu")
     with torch.inference_mode():  # warm-up outside the measured run, so lazy init is in the baseline
         predictor([torch.zeros(1, 3, 64, 64).numpy()])
-    baseline = _rss_mb()
+    baseline = _current_mb()
     started = time.perf_counter()
     result = run_inference([EngineInput(args.raster, mean=[128.0] * 3, std=[64.0] * 3)], predictor, args.out,
                            list(range(1, 8)), tile_size=args.tile, overlap=args.overlap, batch_size=args.batch)
-    print(json.dumps({"peak_rss_mb": round(_rss_mb(), 1), "baseline_rss_mb": round(baseline, 1),
+    print(json.dumps({"peak_rss_mb": round(_peak_mb(), 1), "baseline_rss_mb": round(baseline, 1),
                       "seconds": round(time.perf_counter() - started, 2), "megapixels": result.megapixels,
                       "tiles": result.tiles}))
     return 0

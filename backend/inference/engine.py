@@ -265,7 +265,11 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
         aoi_geom = parse_aoi(aoi, ref)
         window = aoi_window(ref, aoi_geom, name=str(sources[0].path))
         out_grid = ref.subgrid(window)
-        layout = plan_tiles(out_grid.height, out_grid.width, tile_size, overlap, size_multiple)
+        fixed = getattr(predictor, "fixed_tile_size", None)  # e.g. ONNX graphs exported at one size
+        if fixed:
+            tile_size, overlap = int(fixed), min(overlap, int(fixed) // 2)
+        layout = plan_tiles(out_grid.height, out_grid.width, tile_size, overlap, size_multiple,
+                            shrink=not fixed)
         if outputs is None:
             outputs = AtomicOutputs(output_path.parent)
         class_tags = {"skysense_classes": str([(c["value"], c["name"]) for c in classes])}

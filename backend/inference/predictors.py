@@ -89,6 +89,8 @@ class OnnxRuntimePredictor:
             self.session = ort.InferenceSession(str(session_or_path), options, providers=providers)
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self.input_names = [i.name for i in self.session.get_inputs()]
+        shape = self.session.get_inputs()[0].shape  # [batch, C, H, W]; H, W fixed at export
+        self.fixed_tile_size = shape[2] if len(shape) == 4 and isinstance(shape[2], int) else None
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         feeds = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in zip(self.input_names, inputs)}

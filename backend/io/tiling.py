@@ -56,9 +56,11 @@ def _count(length: int, tile: int, stride: int) -> int:
     return 1 if length <= tile else 1 + math.ceil((length - tile) / stride)
 
 
-def plan_tiles(height: int, width: int, tile_size: int, overlap: int, multiple: int = 32) -> TileLayout:
+def plan_tiles(height: int, width: int, tile_size: int, overlap: int, multiple: int = 32,
+               shrink: bool = True) -> TileLayout:
     """Checked tile layout. A window smaller than the tile gets one tile shrunk to fit (rounded up to
-    `multiple`, which the models need), so small images are not padded to a large tile."""
+    `multiple`, which the models need), so small images are not padded to a large tile; with
+    shrink=False (fixed-size models) the tile size is kept."""
     if tile_size < multiple or tile_size % multiple:
         raise InputError(f"tile_size must be a multiple of {multiple} and at least {multiple}, got {tile_size}")
     if overlap < 0 or 2 * overlap > tile_size:
@@ -66,7 +68,7 @@ def plan_tiles(height: int, width: int, tile_size: int, overlap: int, multiple: 
     if height < 1 or width < 1:
         raise InputError("nothing to process: the window is empty")
     fit = multiple * math.ceil(max(height, width) / multiple)
-    if fit < tile_size:
+    if shrink and fit < tile_size:
         tile_size = fit
         overlap = min(overlap, tile_size // 2) if max(height, width) > tile_size else 0
     return TileLayout(int(height), int(width), int(tile_size), int(overlap))

@@ -1,0 +1,215 @@
+"""`make bench`: throughput and memory of the tiled inference engine, printed as tables.
+
+Sections (all on synthetic rasters generated into a temporary folder):
+  1. CPU speed of the tiny SkySense segmentation model: plain sequential tile loop vs the engine.
+  2. PyTorch eager vs ONNX Runtime inside the engine (when models.onnx_export can export).
+  3. Peak memory (ru_maxrss of a fresh process) on 1k / 10k / 20k-pixel-square rasters.
+  4. On a CUDA GPU: fp32 vs mixed precision (autocast fp16).
+Figures depend on the machine and on what else runs on it; nothing here is a pass/fail test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+from backend.inference.engine import EngineInput, run_inference
+from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor
+from benchmarks.baseline_loop import plain_tile_loop
+from benchmarks.models import DEFAULT_MODEL, build_model
+from benchmarks.synthetic import make_test_raster
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = list(range(1, 8))
+NORM = dict(mean=[128.0] * 3, std=[64.0] * 3)
+
+
+def table(title: str, header: list, rows: list) -> str:
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[k]) for r in cells) for k in range(len(header))]
+    line = "+".join("-" * (w + 2) for w in widths)
+    out = [f"\n{title}", line]
+    for n, row in enumerate(cells):
+        out.append("|".join(f" {c:<{w}} " for c, w in zip(row, widths)))
+        if n == 0:
+            out.append(line)
+    out.append(line)
+    return "\n".join(out)
+
+
+def _engine(raster, out, predictor, tile, overlap, batch):
+    start = time.perf_counter()
+    run_inference([EngineInput(raster, **NORM)], predictor, out, CLASSES, tile_size=tile, overlap=overlap,
+                  batch_size=batch)
+    return time.perf_counter() - start
+
+
+def _agreement(a, b) -> float:
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        return float((x.read(1) == y.read(1)).mean())
+
+
+def bench_speed(tmp: Path, size: int, results: dict) -> str:
+    raster = make_test_raster(tmp / f"speed_{size}.tif", size)
+    model = build_model("tiny")
+    mp = size * size / 1e6
+    with torch.no_grad():  # warm-up: first-call allocations and kernel selection are not measured
+        model(torch.zeros(1, 3, 256, 256))
+    rows = []
+    runs = {}
+    for tile, overlap in ((256, 32), (512, 64)):
+        start = time.perf_counter()
+        n = plain_tile_loop(raster, tmp / f"loop_{tile}.tif", model, CLASSES, tile=tile, overlap=overlap, **NORM)
+        runs[f"loop{tile}"] = secs = time.perf_counter() - start
+        rows.append([f"plain loop, tile {tile}/{overlap}, batch 1", n, f"{secs:.1f}", f"{mp / secs:.3f}",
+                     f"{runs['loop256'] / secs:.2f}x"])
+    predictor = TorchPredictor(model, device="cpu")
+    for tile, overlap, batch in ((512, 64, 4), (1024, 64, 2)):
+        secs = _engine(raster, tmp / f"engine_{tile}.tif", predictor, tile, overlap, batch)
+        runs[f"engine{tile}"] = secs
+        tiles = (1 + -(-(size - tile) // (tile - overlap))) ** 2 if size > tile else 1
+        rows.append([f"engine, tile {tile}/{overlap}, batch {batch}", tiles, f"{secs:.1f}", f"{mp / secs:.3f}",
+                     f"{runs['loop256'] / secs:.2f}x"])
+    base = runs["loop512"]
+    best = min(runs["engine512"], runs["engine1024"])
+    results["speed"] = {k: mp / v for k, v in runs.items()}
+    note = (f"speed-up of the best engine run: {runs['loop256'] / best:.2f}x the plain loop at the model's "
+            f"native tile (256), {base / best:.2f}x the plain loop at the same 512 tile; "
+            f"label agreement engine vs loop@512: {_agreement(tmp / 'engine_512.tif', tmp / 'loop_512.tif'):.3f}")
+    return table(f"1. CPU segmentation speed, tiny SkySense model, {size}x{size} px "
+                 f"(torch threads {torch.get_num_threads()})",
+                 ["run", "tiles", "seconds", "MP/s", "vs loop@256"], rows) + "\n" + note
+
+
+def bench_onnx(tmp: Path, size: int, results: dict) -> str:
+    try:
+        from models.onnx_export import export_onnx
+    except ImportError as exc:
+        return f"\n2. ONNX Runtime: skipped (models.onnx_export not available: {exc})"
+    raster = tmp / f"speed_{size}.tif"
+    if not raster.exists():
+        make_test_raster(raster, size)
+    model = build_model("tiny")
+    onnx_path = tmp / "tiny_512.onnx"
+    try:
+        start = time.perf_counter()
+        export_onnx(model, onnx_path, tile_size=512)
+        export_secs = time.perf_counter() - start
+    except Exception as exc:  # report, do not abort the other benchmarks
+        return f"\n2. ONNX Runtime: skipped (export failed: {type(exc).__name__}: {exc})"
+    mp = size * size / 1e6
+    eager = _engine(raster, tmp / "eager.tif", TorchPredictor(model, device="cpu"), 512, 64, 4)
+    ort = _engine(raster, tmp / "ort.tif", OnnxRuntimePredictor(onnx_path, device="cpu"), 512, 64, 4)
+    agree = _agreement(tmp / "eager.tif", tmp / "ort.tif")
+    results["onnx"] = {"eager_mps": mp / eager, "onnxruntime_mps": mp / ort, "agreement": agree}
+    rows = [["PyTorch eager (inference_mode)", f"{eager:.1f}", f"{mp / eager:.3f}", "1.00x"],
+            ["ONNX Runtime (CPU provider)", f"{ort:.1f}", f"{mp / ort:.3f}", f"{eager / ort:.2f}x"]]
+    return (table(f"2. Engine with PyTorch vs ONNX Runtime, tile 512/64 batch 4, {size}x{size} px",
+                  ["backend", "seconds", "MP/s", "speed-up"], rows)
+            + f"\nexport took {export_secs:.1f}s; label agreement eager vs ONNX: {agree:.4f}")
+
+
+def bench_memory(tmp: Path, sizes: list, real_model_size: int, results: dict) -> str:
+    rows = []
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cases = [(s, "dummy") for s in sizes] + ([(real_model_size, "tiny")] if real_model_size else [])
+    results["memory"] = []
+    for size, kind in cases:
+        raster = tmp / f"mem_{size}.tif"
+        if not raster.exists():
+            start = time.perf_counter()
+            make_test_raster(raster, size)
+            print(f"   (generated {size}x{size} test raster in {time.perf_counter() - start:.0f}s)", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.memory_probe", str(raster), str(tmp / f"mem_{size}_out.tif"),
+                               "--model", kind], capture_output=True, text=True, env=env, cwd=ROOT)
+        if proc.returncode != 0:
+            rows.append([f"{size}x{size}", kind, "failed", proc.stderr.strip().splitlines()[-1][:60], "", ""])
+            continue
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        results["memory"].append({"size": size, "model": kind, **info})
+        rows.append([f"{size}x{size}", f"{info['megapixels']:.0f}" if info["megapixels"] >= 10 else f"{info['megapixels']:.1f}",
+                     kind, info["baseline_rss_mb"], info["peak_rss_mb"],
+                     f"{info['peak_rss_mb'] - info['baseline_rss_mb']:.0f}", f"{info['seconds']:.0f}"])
+        raster.unlink(missing_ok=True)
+        (tmp / f"mem_{size}_out.tif").unlink(missing_ok=True)
+        print(f"   (memory run {size}x{size} {kind} done)", flush=True)
+    full = max(sizes) ** 2 * 7 * 4 / 2**20
+    return (table("3. Peak memory (VmHWM) of one engine run in a fresh process (tile 512/64, batch 4)",
+                  ["raster", "MP", "model", "RSS at start MB", "peak RSS MB", "added MB", "seconds"], rows)
+            + "\n'dummy' = a 1x1-convolution stand-in for the network (so the 20k case finishes in minutes): it\n"
+              "measures the engine's own buffers, reading and writing. A whole-raster float32 probability\n"
+              f"array for {max(sizes)}x{max(sizes)} px and 7 classes would need {full:,.0f} MB by itself.")
+
+
+def bench_gpu(tmp: Path, size: int, results: dict) -> str:
+    if not torch.cuda.is_available():
+        return "\n4. GPU fp32 vs mixed precision: skipped (no CUDA GPU on this machine)"
+    raster = make_test_raster(tmp / f"gpu_{size}.tif", size)
+    model = build_model("tiny")
+    mp = size * size / 1e6
+    rows = []
+    secs = {}
+    for amp in (False, True):
+        predictor = TorchPredictor(model, device="cuda", amp=amp)
+        _engine(raster, tmp / "gpu_warm.tif", predictor, 512, 64, 8)  # warm-up (cuDNN autotune, allocator)
+        torch.cuda.synchronize()
+        secs[amp] = _engine(raster, tmp / f"gpu_{amp}.tif", predictor, 512, 64, 8)
+        rows.append(["mixed precision (fp16 autocast)" if amp else "fp32", f"{secs[amp]:.1f}", f"{mp / secs[amp]:.1f}",
+                     f"{secs[False] / secs[amp]:.2f}x"])
+    agree = _agreement(tmp / "gpu_False.tif", tmp / "gpu_True.tif")
+    results["gpu"] = {"fp32_mps": mp / secs[False], "amp_mps": mp / secs[True], "agreement": agree,
+                      "name": torch.cuda.get_device_name(0)}
+    return (table(f"4. GPU ({torch.cuda.get_device_name(0)}), tile 512/64 batch 8, {size}x{size} px",
+                  ["precision", "seconds", "MP/s", "speed-up"], rows)
+            + f"\nlabel agreement fp32 vs mixed precision: {agree:.4f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--speed-size", type=int, default=1024, help="raster side for the speed runs (px)")
+    ap.add_argument("--memory-sizes", default="1024,10240,20480", help="raster sides for the memory runs")
+    ap.add_argument("--real-model-memory", type=int, default=1024,
+                    help="also measure memory with the real tiny model at this size (0: skip)")
+    ap.add_argument("--gpu-size", type=int, default=4096)
+    ap.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes)")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,onnx,memory,gpu")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.speed_size, args.memory_sizes, args.gpu_size = 512, "1024,4096", 2048
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+
+    model_note = str(DEFAULT_MODEL.name) if DEFAULT_MODEL.exists() else "skysense_seg_tiny (untrained: speed only)"
+    print(f"SkySense engine benchmarks | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
+          f"torch {torch.__version__} | threads {torch.get_num_threads()} | OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')} | model {model_note}", flush=True)
+    results: dict = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="skysense-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        for name, run in (("speed", lambda: bench_speed(tmp, args.speed_size, results)),
+                          ("onnx", lambda: bench_onnx(tmp, args.speed_size, results)),
+                          ("memory", lambda: bench_memory(tmp, sizes, args.real_model_memory, results)),
+                          ("gpu", lambda: bench_gpu(tmp, args.gpu_size, results))):
+            if name in skip:
+                continue
+            print(run(), flush=True)
+    print(f"\ntotal benchmark time {time.perf_counter() - started:.0f}s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
