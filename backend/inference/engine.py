@@ -291,7 +291,7 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
         device = getattr(predictor, "device", "cpu")
         progress.update(0.0, f"predicting {layout.n_tiles} tiles of {layout.tile} px on {device}")
 
-        _stream(layout, predictor, lut, nodata, len(classes), read_q, writer_thread, progress,
+        _stream(layout, predictor, lut, nodata, len(classes), read_q, reader, writer_thread, progress,
                 with_confidence=confidence_path is not None)
 
         writer_thread.q.put(None)
@@ -334,7 +334,7 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
 
 
 def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read_q: queue.Queue,
-            writer: _Writer, progress: Progress, with_confidence: bool) -> None:
+            reader: threading.Thread, writer: _Writer, progress: Progress, with_confidence: bool) -> None:
     """Consume batches in order, blend with carries, hand finished row strips to the writer."""
     T, O, S, W = L.tile, L.overlap, L.stride, L.width
     weights = blend_weights(T, O)
@@ -345,7 +345,16 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
     left = None
     labels = conf = new_top = None
     while True:
-        item = read_q.get()
+        try:
+            item = read_q.get(timeout=0.25)
+        except queue.Empty:
+            # The writer may have failed (it stops the reader), or the reader died: never wait forever.
+            if writer.error is not None:
+                raise writer.error
+            if not reader.is_alive() and read_q.empty():
+                raise RuntimeError("the raster reader stopped unexpectedly")
+            progress.check_cancelled()
+            continue
         kind = item[0]
         if kind == "error":
             raise item[1]

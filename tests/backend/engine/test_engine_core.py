@@ -277,3 +277,24 @@ def test_cuda_requested_without_gpu_is_an_input_error():
         with pytest.raises(InputError, match="no CUDA GPU"):
             resolve_device("cuda")
     assert resolve_device("cpu") == "cpu" and resolve_device("auto") in ("cpu", "cuda")
+
+
+def test_writer_thread_failure_while_main_waits_is_reported(image, tmp_path, monkeypatch):
+    """A write error in the background writer stops the reader; the engine must raise, not hang."""
+    _, path = image
+    gate = threading.Event()
+
+    def slow_reads(self, window, _real=AlignedRaster.read):
+        if int(window.row_off) > 0:
+            gate.wait(5)  # hold the reader so the main thread is waiting on it when the writer fails
+        return _real(self, window)
+
+    def failing_write(self, rows):
+        gate.set()
+        raise OutputError(f"could not write {self.final_name}: disk full")
+
+    monkeypatch.setattr(AlignedRaster, "read", slow_reads)
+    monkeypatch.setattr(writer_mod.StripWriter, "write", failing_write)
+    with pytest.raises(OutputError, match="disk full"):
+        _run(path, _model(1), tmp_path / "o.tif", prefetch=1)
+    assert not (tmp_path / "o.tif").exists()
