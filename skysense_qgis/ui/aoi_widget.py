@@ -7,7 +7,7 @@ from qgis.core import QgsCoordinateReferenceSystem, QgsGeometry
 from qgis.PyQt.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..aoi_tools import PolygonAoiTool, RectangleAoiTool, aoi_from_selection, aoi_payload
-from .widgets import layer_combo
+from .widgets import layer_combo, shrinkable
 
 WHOLE, DRAWN, SELECTED = "whole", "drawn", "selected"
 
@@ -19,6 +19,7 @@ class AoiWidget(QWidget):
         self.geometry: Optional[QgsGeometry] = None
         self.geometry_crs = QgsCoordinateReferenceSystem()
         self.mode = QComboBox()
+        shrinkable(self.mode)
         if allow_whole:
             self.mode.addItem("Whole overlap of the rasters", WHOLE)
         self.mode.addItem("Drawn on the map", DRAWN)

@@ -32,7 +32,7 @@ TITLE = "SkySense"
 def _scrolled(widget: QWidget) -> QScrollArea:
     area = QScrollArea()
     area.setWidgetResizable(True)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
     area.setFrameShape(QScrollArea.NoFrame)
     area.setWidget(widget)
     return area

@@ -29,7 +29,8 @@ class LandcoverPage(QWidget):
         self.overlap = spin(64, 0, 1024, 16, " px")
         self.batch_size = spin(4, 1, 64)
         self.device = device_combo()
-        self.vectorize = QCheckBox("Also write polygons (GeoPackage)")
+        self.vectorize = QCheckBox("Also write polygons")
+        self.vectorize.setToolTip("Polygonize the class raster into a GeoPackage (one polygon per class region)")
         self.vectorize.setChecked(True)
         self.aoi = AoiWidget(canvas)
         self.run_button = QPushButton("Map land cover")
@@ -41,7 +42,7 @@ class LandcoverPage(QWidget):
         f.addRow("High-res raster", self.hr_layer)
         f.addRow("Bands", bands)
         main.addWidget(inputs)
-        series = QgsCollapsibleGroupBox("Sentinel-2 / Sentinel-1 time series (optional)")
+        series = QgsCollapsibleGroupBox("Time series (optional)")
         series.setCollapsed(True)
         s = QVBoxLayout(series)
         s.addWidget(hint("Sentinel-2 (10 bands) and Sentinel-1 (VV, VH) acquisitions; dates are read from "

@@ -31,7 +31,7 @@ class LossPlot(QWidget):
         painter = QPainter(self)
         painter.setRenderHint(QPainter.Antialiasing)
         painter.fillRect(self.rect(), self.palette().base())
-        plot = QRectF(self.rect()).adjusted(40, 10, -10, -22)
+        plot = QRectF(self.rect()).adjusted(46, 12, -10, -22)
         painter.setPen(QPen(self.palette().text().color(), 1))
         painter.drawRect(plot)
         series = [s for s in (self.train, self.val) if s]
@@ -43,8 +43,8 @@ class LossPlot(QWidget):
         if high - low < 1e-12:
             high = low + 1.0
         count = max(len(s) for s in series)
-        painter.drawText(QRectF(0, plot.top() - 6, 38, 14), Qt.AlignRight, f"{high:.3g}")
-        painter.drawText(QRectF(0, plot.bottom() - 8, 38, 14), Qt.AlignRight, f"{low:.3g}")
+        painter.drawText(QRectF(0, plot.top() - 7, 42, 16), Qt.AlignRight | Qt.AlignVCenter, f"{high:.3g}")
+        painter.drawText(QRectF(0, plot.bottom() - 9, 42, 16), Qt.AlignRight | Qt.AlignVCenter, f"{low:.3g}")
         painter.drawText(QRectF(plot.left(), plot.bottom() + 4, plot.width(), 16), Qt.AlignCenter,
                          f"epoch (1–{count})")
         for data, color in ((self.train, QColor("#1f77b4")), (self.val, QColor("#ff7f0e"))):
@@ -57,3 +57,13 @@ class LossPlot(QWidget):
                 (path.moveTo if i == 0 else path.lineTo)(QPointF(x, y))
             painter.setPen(QPen(color, 2))
             painter.drawPath(path)
+        # Legend, top right, only for the series present.
+        y = plot.top() + 4
+        for data, color, label in ((self.train, QColor("#1f77b4"), "train loss"),
+                                   (self.val, QColor("#ff7f0e"), "val. loss")):
+            if data:
+                painter.setPen(QPen(color, 2))
+                painter.drawLine(QPointF(plot.right() - 128, y + 7), QPointF(plot.right() - 112, y + 7))
+                painter.setPen(QPen(self.palette().text().color(), 1))
+                painter.drawText(QRectF(plot.right() - 108, y, 106, 14), Qt.AlignLeft | Qt.AlignVCenter, label)
+                y += 16

@@ -17,13 +17,13 @@ def layer_combo(kind: str = "raster", optional: bool = False) -> QgsMapLayerComb
                "vector": QgsMapLayerProxyModel.VectorLayer}[kind]
     combo.setFilters(filters)
     combo.setAllowEmptyLayer(optional)
-    _shrinkable(combo)
+    shrinkable(combo)
     if optional:
         combo.setLayer(None)
     return combo
 
 
-def _shrinkable(combo: QComboBox) -> None:
+def shrinkable(combo: QComboBox) -> None:
     """Long layer names must not force the dock wider than the screen."""
     combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(10)
@@ -41,6 +41,7 @@ def spin(value: int, low: int, high: int, step: int = 1, suffix: str = "") -> QS
 
 def device_combo() -> QComboBox:
     combo = QComboBox()
+    shrinkable(combo)
     combo.addItem("Auto (GPU when available)", "auto")
     combo.addItem("CPU", "cpu")
     combo.addItem("CUDA GPU", "cuda")
@@ -74,7 +75,7 @@ class ModelChooser(QWidget):
         super().__init__(parent)
         self.tasks = tasks
         self.combo = QComboBox()
-        _shrinkable(self.combo)
+        shrinkable(self.combo)
         self.combo.setToolTip("Model used for this task; 'Default' lets the backend pick its bundled model.")
         browse = QToolButton()
         browse.setText("…")
