@@ -5,13 +5,17 @@ job is handed to the temporal pipeline (HR + Sentinel time series fusion).
 """
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List
 
+import rasterio
+
 from backend.errors import InputError
 from backend.inference.engine import EngineInput, normalise_classes, run_inference
-from backend.inference.predictors import TorchPredictor
+from backend.inference.runtime import make_predictor
 from backend.io.atomic import AtomicOutputs
 from backend.io.preview import write_preview
 from backend.io.style import raster_qml, vector_qml, write_qml
@@ -62,12 +66,27 @@ def _int_param(params: dict, key: str, default: int, low: int) -> int:
     return value
 
 
+def _expected_tiles(path, tile_size: int, overlap: int) -> int:
+    """Tiles for the whole raster (an upper bound with an AOI); 0 if it cannot be opened yet
+    (the engine reports that properly)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = rasterio.open(path)
+        with ds:
+            stride = max(1, tile_size - overlap)
+            return math.ceil(ds.width / stride) * math.ceil(ds.height / stride)
+    except Exception:
+        return 0
+
+
 def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, Any]:
     """Run a land-cover job; returns {"outputs", "classes", "metrics", "device"}.
 
     Extra params beyond ARCHITECTURE.md: "shapefile": true (also write <name>.shp),
     "confidence": true (also write <name>_confidence.tif, max probability in percent),
-    "allow_pixel_grid": true (accept ungeoreferenced images, processed on their pixel grid).
+    "allow_pixel_grid": true (accept ungeoreferenced images, processed on their pixel grid),
+    "runtime": "auto" | "torch" | "onnx" (see backend.inference.runtime.make_predictor).
     """
     progress = progress or Progress()
     if params.get("s2") or params.get("s1"):
@@ -102,7 +121,9 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
     model_bands = list((meta.get("bands") or {}).get("hr") or [])
     norm = (meta.get("normalization") or {}).get("hr") or {}
     n_bands = len(norm.get("mean") or model_bands) or None
-    predictor = TorchPredictor(model, device=params.get("device") or "auto")
+    predictor = make_predictor(model, device=params.get("device") or "auto", runtime=params.get("runtime") or "auto",
+                               model_path=params.get("model") or DEFAULT_MODEL, tile_size=tile_size,
+                               expected_tiles=sum(_expected_tiles(h["path"], tile_size, overlap) for h in hr))
 
     outputs: List[dict] = []
     metrics: Dict[str, Any] = {"tiles": 0, "seconds": 0.0, "megapixels": 0.0, "class_pixels": {},

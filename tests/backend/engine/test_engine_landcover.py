@@ -42,7 +42,7 @@ def model_file(tmp_path_factory, repo_root):
 def _params(data_dir, model_file, out, **extra):
     params = {"hr": [{"path": str(data_dir / PRE), "bands": [1, 2, 3]}], "s2": [], "s1": [], "model": str(model_file),
               "output_dir": str(out), "name": "landcover", "tile_size": 128, "overlap": 32, "batch_size": 4,
-              "device": "cpu", "aoi": AOI, "vectorize": True, "min_area": 0, "simplify": 0}
+              "device": "cpu", "runtime": "torch", "aoi": AOI, "vectorize": True, "min_area": 0, "simplify": 0}
     params.update(extra)
     return params
 
@@ -132,3 +132,26 @@ def test_sentinel_series_are_handed_to_the_temporal_pipeline(monkeypatch, tmp_pa
     params = {"hr": [{"path": "x.tif"}], "s2": [{"path": "s2.tif", "date": "2021-06-01"}], "output_dir": str(tmp_path)}
     assert landcover.run(params, Progress()) == {"outputs": [], "device": "cpu"}
     assert calls == [params]
+
+
+def test_runtime_choice(monkeypatch, tmp_path):
+    """auto: PyTorch for small CPU jobs, ONNX Runtime (exported once, cached) for larger ones."""
+    import torch
+    from backend.inference import runtime
+    from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor
+    from models.registry import create_model
+
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = create_model("skysense_seg_tiny", num_classes=7).eval()
+    small = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=1)
+    assert isinstance(small, TorchPredictor)
+    model_path = tmp_path / "weights.bin"
+    model_path.write_bytes(b"stand-in for a model file: only its hash keys the cache")
+    big = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=100, model_path=model_path)
+    assert isinstance(big, OnnxRuntimePredictor) and big.fixed_tile_size == 64
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(big([x]), small([x]), atol=1e-4)
+    with pytest.raises(InputError, match="unknown runtime"):
+        runtime.make_predictor(model, runtime="tensorrt")

@@ -1,0 +1,75 @@
+"""Choosing how a model runs: PyTorch (CPU or CUDA, AMP on CUDA) or ONNX Runtime on CPU.
+
+On CPU the tiny SkySense model runs markedly faster under ONNX Runtime than in PyTorch eager mode
+(see `make bench`, section 2). Exporting costs seconds, so "auto" uses ONNX Runtime only for CPU
+jobs of at least `ONNX_MIN_TILES` tiles, and caches each export by model-file hash and tile size.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from backend.errors import InputError
+from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor, resolve_device
+
+__all__ = ["make_predictor", "onnx_cache_dir", "ONNX_MIN_TILES"]
+
+log = logging.getLogger(__name__)
+ONNX_MIN_TILES = 12
+
+
+def onnx_cache_dir() -> Path:
+    root = os.environ.get("SKYSENSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "skysense-qgis")
+    return Path(root) / "onnx"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:20]
+
+
+def _onnx_predictor(model, model_path: Optional[Path], tile_size: int) -> OnnxRuntimePredictor:
+    from models.onnx_export import export_onnx
+    import onnxruntime
+
+    if model_path is not None and Path(model_path).is_file():
+        key = f"{_file_digest(Path(model_path))}_t{tile_size}_ort{onnxruntime.__version__}"
+        onnx_path = onnx_cache_dir() / f"{key}.onnx"
+        if not onnx_path.exists():
+            export_onnx(model, onnx_path, tile_size=tile_size)
+    else:  # an in-memory model: export into a private temporary file
+        import tempfile
+        onnx_path = Path(tempfile.mkdtemp(prefix="skysense-onnx-")) / "model.onnx"
+        export_onnx(model, onnx_path, tile_size=tile_size)
+    return OnnxRuntimePredictor(onnx_path, device="cpu")
+
+
+def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_path=None,
+                   tile_size: int = 512, expected_tiles: int = 0, amp: bool = True):
+    """A predictor for the engine.
+
+    runtime: "torch" (PyTorch on `device`), "onnx" (ONNX Runtime on CPU; error if it cannot be
+    exported), or "auto": PyTorch on CUDA, ONNX Runtime on CPU when the job has at least
+    ONNX_MIN_TILES tiles and the export works, PyTorch otherwise.
+    """
+    runtime = (runtime or "auto").lower()
+    if runtime not in ("auto", "torch", "onnx"):
+        raise InputError(f"unknown runtime {runtime!r}: use 'auto', 'torch' or 'onnx'")
+    resolved = resolve_device(device)
+    if runtime == "torch" or (runtime == "auto" and (resolved != "cpu" or expected_tiles < ONNX_MIN_TILES)):
+        return TorchPredictor(model, device=resolved, amp=amp)
+    if runtime == "onnx" and resolved != "cpu":
+        raise InputError("runtime 'onnx' runs on the CPU; use runtime 'torch' for CUDA")
+    try:
+        return _onnx_predictor(model, model_path, tile_size)
+    except Exception as exc:
+        if runtime == "onnx":
+            raise InputError(f"the model could not be run with ONNX Runtime: {exc}") from None
+        log.warning("ONNX Runtime unavailable for this model (%s); using PyTorch", exc)
+        return TorchPredictor(model, device=resolved, amp=amp)
