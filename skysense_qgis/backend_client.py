@@ -72,7 +72,9 @@ class BackendClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise BackendError(f"The backend sent an unreadable answer to {method} {path}.") from exc
+            # A cut-off body means the connection broke (typically the process died mid-answer);
+            # callers retry or report a dead backend, as for a refused connection.
+            raise BackendUnavailable(f"The backend sent an unreadable answer to {method} {path}.") from exc
 
 
 def _short(exc: Exception) -> str:
