@@ -9,7 +9,7 @@ from qgis.PyQt.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVB
 from ..aoi_tools import PolygonAoiTool, RectangleAoiTool, aoi_from_selection, aoi_payload
 from .widgets import layer_combo, shrinkable
 
-WHOLE, DRAWN, SELECTED = "whole", "drawn", "selected"
+WHOLE, EXTENT, DRAWN, SELECTED = "whole", "extent", "drawn", "selected"
 
 
 class AoiWidget(QWidget):
@@ -22,6 +22,7 @@ class AoiWidget(QWidget):
         shrinkable(self.mode)
         if allow_whole:
             self.mode.addItem("Whole overlap of the rasters", WHOLE)
+        self.mode.addItem("Current map view", EXTENT)
         self.mode.addItem("Drawn on the map", DRAWN)
         self.mode.addItem("Selected features of a polygon layer", SELECTED)
         self.draw_rect = QPushButton("Rectangle")
@@ -77,6 +78,9 @@ class AoiWidget(QWidget):
             return None
         if mode == SELECTED:
             return aoi_from_selection(self.polygon_layer.currentLayer())
+        if mode == EXTENT:
+            settings = self.canvas.mapSettings()
+            return aoi_payload(QgsGeometry.fromRect(settings.visibleExtent()), settings.destinationCrs())
         return aoi_payload(self.geometry, self.geometry_crs)
 
     def clear(self) -> None:

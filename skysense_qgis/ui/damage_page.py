@@ -6,6 +6,7 @@ from typing import Optional
 from qgis.PyQt.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
 from .. import job_params
+from .aoi_widget import AoiWidget
 from .widgets import ModelChooser, device_combo, form, hint, layer_combo, spin
 
 
@@ -19,6 +20,7 @@ class DamagePage(QWidget):
         self.model = ModelChooser(["damage"])
         self.tile_size = spin(512, 64, 4096, 32, " px")
         self.device = device_combo()
+        self.aoi = AoiWidget(canvas)
         self.run_button = QPushButton("Assess damage")
         layout = QVBoxLayout(self)
         layout.addWidget(hint("Buildings are classed no damage / minor / major / destroyed."))
@@ -30,6 +32,7 @@ class DamagePage(QWidget):
         f.addRow("Model", self.model)
         f.addRow("Tile size", self.tile_size)
         f.addRow("Device", self.device)
+        f.addRow("Area", self.aoi)
         layout.addWidget(box)
         layout.addWidget(self.run_button)
         layout.addStretch(1)
@@ -37,6 +40,6 @@ class DamagePage(QWidget):
     def params(self, output_dir: str, name: str) -> dict:
         return job_params.damage_params(
             self.pre_layer.currentLayer(), self.post_layer.currentLayer(), output_dir, name,
-            buildings=self.buildings.currentLayer(), model=self.model.model_path(),
+            buildings=self.buildings.currentLayer(), model=self.model.model_path(), aoi=self.aoi.aoi(),
             tile_size=self.tile_size.value(), overlap=min(64, self.tile_size.value() // 4),
             device=self.device.currentData())

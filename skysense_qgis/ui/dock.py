@@ -273,7 +273,7 @@ class SkySenseDock(QDockWidget):
         """Called on unload: no map tool or rubber band of ours may outlive the dock."""
         self._ready_timer.stop()
         canvas = self.iface.mapCanvas()
-        for aoi in (self.landcover.aoi, self.change.aoi):
+        for aoi in (self.landcover.aoi, self.change.aoi, self.damage.aoi):
             if aoi.tool is not None:
                 aoi.clear()
                 if canvas.mapTool() is aoi.tool:

@@ -220,6 +220,12 @@ def test_rectangle_and_polygon_tools_set_the_aoi_in_the_canvas_crs(plugin, qgis_
                             tool.toMapCoordinates(_mouse(qgis_canvas, QEvent.MouseMove, 200, 250).pos()))
     assert rect.boundingBox().toString(1) == expected.toString(1)
 
+    aoi.set_mode("extent")
+    view = aoi.aoi()
+    assert view["crs"] == "EPSG:3857"
+    xs = [pt[0] for pt in view["geometry"]["coordinates"][0]]
+    assert min(xs) <= 0 and max(xs) >= 4000  # the whole visible map
+
     aoi.draw_poly.click()
     poly_tool = aoi.tool
     for x, y in ((50, 50), (300, 60), (200, 300)):
