@@ -69,8 +69,9 @@ def load_levir_pair(pair: LevirPair) -> Tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def augment_change_pair(a: np.ndarray, b: np.ndarray, label: np.ndarray,
-                        rng: np.random.Generator, crop: int | None = None):
-    """Random crop, flips, rot90, A/B swap (change is symmetric) and mild per-image brightness jitter.
+                        rng: np.random.Generator, crop: int | None = None, identical_prob: float = 0.0):
+    """Random crop, flips, rot90, A/B swap (change is symmetric), identical-date pairs with an empty
+    label (probability identical_prob) and mild per-image brightness jitter.
 
     Arrays are [C,H,W] float32 for images and [H,W] for the label.
     """
@@ -90,6 +91,11 @@ def augment_change_pair(a: np.ndarray, b: np.ndarray, label: np.ndarray,
         label = np.rot90(label, turns, axes=(-2, -1))
     if rng.random() < 0.5:
         a, b = b, a
+    if rng.random() < identical_prob:
+        # The same date twice (each jittered below): teaches that no difference means no change,
+        # instead of "a building in the second image means change".
+        b = a.copy()
+        label = np.zeros_like(label)
     # Radiometric differences between dates are common: jitter each date independently.
     a = a * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
     b = b * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
@@ -104,7 +110,8 @@ class LevirChangeDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, pairs: Sequence[LevirPair], mean: Sequence[float], std: Sequence[float],
-                 augment: bool = False, crop: int | None = None, repeats: int = 1, seed: int = 0):
+                 augment: bool = False, crop: int | None = None, repeats: int = 1, seed: int = 0,
+                 identical_prob: float = 0.0):
         mean_arr = np.asarray(mean, np.float32)[:, None, None]
         std_arr = np.asarray(std, np.float32)[:, None, None]
         self.samples = []
@@ -114,6 +121,7 @@ class LevirChangeDataset(torch.utils.data.Dataset):
                                  (b.transpose(2, 0, 1) - mean_arr) / std_arr, label))
         self.names = [p.name for p in pairs]
         self.augment, self.crop, self.repeats = augment, crop, max(1, int(repeats))
+        self.identical_prob = float(identical_prob)
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -122,7 +130,7 @@ class LevirChangeDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         a, b, label = self.samples[index % len(self.samples)]
         if self.augment:
-            a, b, label = augment_change_pair(a, b, label, self.rng, self.crop)
+            a, b, label = augment_change_pair(a, b, label, self.rng, self.crop, self.identical_prob)
         return (torch.from_numpy(np.ascontiguousarray(a, np.float32)),
                 torch.from_numpy(np.ascontiguousarray(b, np.float32)),
                 torch.from_numpy(np.ascontiguousarray(label, np.int64)))

@@ -140,3 +140,10 @@ def test_mosaic_of_tiles_equals_the_tiles(data_dir, tmp_path):
             with rasterio.open(tile) as src:
                 window = from_bounds(*src.bounds, transform=mosaic.transform).round_offsets().round_lengths()
                 assert np.array_equal(mosaic.read(window=window), src.read())
+
+
+def test_an_image_against_itself_shows_no_change(data_dir, tmp_path):
+    image = str(data_dir / "levir_cd" / "B" / "test_2_0000_0000.png")
+    result = run_change({"pre": image, "post": image, "output_dir": str(tmp_path), "vectorize": False})
+    with rasterio.open(_out(result, "change")["path"]) as src:
+        assert (src.read(1) == 1).mean() < 0.01
