@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from osgeo import gdal, osr
+from osgeo import gdal
 
 ROOT = Path(__file__).resolve().parents[2]
 LOVEDA_CLASSES = json.loads((ROOT / "resources" / "palettes" / "loveda.json").read_text())["classes"]

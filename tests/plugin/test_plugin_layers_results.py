@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 from osgeo import gdal
-from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsField, QgsGeometry, QgsPointXY,
+from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsPointXY,
                        QgsProject, QgsRasterLayer, QgsVectorLayer)
-from qgis.PyQt.QtCore import QVariant
 
 from skysense_qgis import job_params
 from skysense_qgis.layer_sources import LayerSourceError, crs_string, guess_date, raster_path, vector_source
