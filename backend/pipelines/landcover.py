@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List
@@ -17,6 +18,7 @@ from backend.errors import InputError
 from backend.inference.engine import EngineInput, normalise_classes, run_inference
 from backend.inference.runtime import make_predictor
 from backend.io.atomic import AtomicOutputs
+from backend.io.mosaic import build_mosaic_vrt
 from backend.io.preview import write_preview
 from backend.io.style import raster_qml, vector_qml, write_qml
 from backend.io.vector import SHAPEFILE_SIDECARS, polygonize
@@ -83,6 +85,7 @@ def _expected_tiles(path, tile_size: int, overlap: int) -> int:
 def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, Any]:
     """Run a land-cover job; returns {"outputs", "classes", "metrics", "device"}.
 
+    Several "hr" rasters are tiles of one scene: they are mosaicked (virtually) into one map.
     Extra params beyond ARCHITECTURE.md: "shapefile": true (also write <name>.shp),
     "confidence": true (also write <name>_confidence.tif, max probability in percent),
     "allow_pixel_grid": true (accept ungeoreferenced images, processed on their pixel grid),
@@ -105,83 +108,83 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
         raise InputError("'output_dir' is required")
     output_dir = Path(params["output_dir"])
     name = _check_name(str(params.get("name") or "landcover"))
-    tile_size = _int_param(params, "tile_size", 512, 32)
-    overlap = _int_param(params, "overlap", 64, 0)
-    batch_size = _int_param(params, "batch_size", 4, 1)
     min_area = float(params.get("min_area") or 0.0)
     simplify = float(params.get("simplify") or 0.0)
     if min_area < 0 or simplify < 0:
         raise InputError("min_area and simplify must not be negative")
     vectorize = bool(params.get("vectorize", True))
     shapefile = bool(params.get("shapefile")) or "shp" in [str(f).lower() for f in params.get("vector_formats") or []]
+    allow_pixel_grid = bool(params.get("allow_pixel_grid"))
 
     progress.update(0.0, "loading model")
     model, meta = load_segmentation_model(params.get("model"))
+    tile_size = _int_param(params, "tile_size", int(meta.get("tile_size") or 512), 32)
+    overlap = _int_param(params, "overlap", 64, 0)
+    batch_size = _int_param(params, "batch_size", 4, 1)
     classes = normalise_classes(meta["classes"])
     model_bands = list((meta.get("bands") or {}).get("hr") or [])
     norm = (meta.get("normalization") or {}).get("hr") or {}
     n_bands = len(norm.get("mean") or model_bands) or None
-    predictor = make_predictor(model, device=params.get("device") or "auto", runtime=params.get("runtime") or "auto",
-                               model_path=params.get("model") or DEFAULT_MODEL, tile_size=tile_size,
-                               expected_tiles=sum(_expected_tiles(h["path"], tile_size, overlap) for h in hr))
 
-    outputs: List[dict] = []
-    metrics: Dict[str, Any] = {"tiles": 0, "seconds": 0.0, "megapixels": 0.0, "class_pixels": {},
-                               "class_area_m2": {}, "features": 0, "rasters": []}
-    share = 1.0 / len(hr)
-    with AtomicOutputs(output_dir) as atomic:
-        for k, entry in enumerate(hr):
-            stem = name if len(hr) == 1 else f"{name}_{_check_name(Path(entry['path']).stem)}"
-            part = progress.sub(k * share, (k + 1) * share)
-            tif = output_dir / f"{stem}.tif"
-            qml = output_dir / f"{stem}.qml"
-            confidence = output_dir / f"{stem}_confidence.tif" if params.get("confidence") else None
+    with tempfile.TemporaryDirectory(prefix="skysense-landcover-") as workdir:
+        source = hr[0]["path"]
+        if len(hr) > 1:
+            source = str(build_mosaic_vrt([h["path"] for h in hr], Path(workdir) / "hr_mosaic.vrt",
+                                          allow_pixel_grid=allow_pixel_grid))
+        predictor = make_predictor(model, device=params.get("device") or "auto",
+                                   runtime=params.get("runtime") or "auto",
+                                   model_path=params.get("model") or DEFAULT_MODEL, tile_size=tile_size,
+                                   expected_tiles=_expected_tiles(source, tile_size, overlap))
+        outputs: List[dict] = []
+        tif, qml = output_dir / f"{name}.tif", output_dir / f"{name}.qml"
+        confidence = output_dir / f"{name}_confidence.tif" if params.get("confidence") else None
+        with AtomicOutputs(output_dir) as atomic:
             result = run_inference(
-                [EngineInput(entry["path"], bands=entry.get("bands") or model_bands or None,
-                             mean=norm.get("mean"), std=norm.get("std"), expected_bands=n_bands)],
+                [EngineInput(source, bands=hr[0].get("bands") or model_bands or None, mean=norm.get("mean"),
+                             std=norm.get("std"), expected_bands=n_bands)],
                 predictor, tif, classes, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                aoi=params.get("aoi"), allow_pixel_grid=bool(params.get("allow_pixel_grid")),
-                confidence_path=confidence, progress=part.sub(0.0, 0.8), outputs=atomic,
+                aoi=params.get("aoi"), allow_pixel_grid=allow_pixel_grid, confidence_path=confidence,
+                progress=progress.sub(0.0, 0.8), outputs=atomic,
                 tags={"skysense_model": str(params.get("model") or DEFAULT_MODEL)})
             write_qml(atomic.path_for(qml), raster_qml(classes), final_name=qml)
             outputs.append({"path": str(tif.resolve()), "kind": "raster", "role": "classes", "qml": str(qml.resolve())})
             if confidence is not None:
                 outputs.append({"path": str(confidence.resolve()), "kind": "raster", "role": "confidence"})
+            features = 0
             if vectorize:
-                vqml = output_dir / f"{stem}_vector.qml"
+                vqml = output_dir / f"{name}_vector.qml"
                 write_qml(atomic.path_for(vqml), vector_qml(classes), final_name=vqml)
                 formats = [("GPKG", ".gpkg")] + ([("ESRI Shapefile", ".shp")] if shapefile else [])
-                for driver, suffix in formats:
-                    vec = output_dir / f"{stem}{suffix}"
-                    counts = polygonize(result.written_path, atomic.path_for(vec), classes, layer=stem,
+                for k, (driver, suffix) in enumerate(formats):
+                    vec = output_dir / f"{name}{suffix}"
+                    share = 0.15 / len(formats)
+                    counts = polygonize(result.written_path, atomic.path_for(vec), classes, layer=name,
                                         driver=driver, min_area=min_area, simplify=simplify,
-                                        progress=part.sub(0.8, 0.95), final_name=vec)
+                                        progress=progress.sub(0.8 + k * share, 0.8 + (k + 1) * share), final_name=vec)
                     if suffix == ".shp":
                         atomic.sidecars(vec, SHAPEFILE_SIDECARS)
                     else:
-                        metrics["features"] += counts["features"]
+                        features = counts["features"]
                     outputs.append({"path": str(vec.resolve()), "kind": "vector", "role": "polygons",
-                                    "layer": stem, "qml": str(vqml.resolve())})
-            png = output_dir / f"{stem}_preview.png"
+                                    "layer": name, "qml": str(vqml.resolve())})
+            png = output_dir / f"{name}_preview.png"
             write_preview(result.written_path, atomic.path_for(png), classes, final_name=png)
             outputs.append({"path": str(png.resolve()), "kind": "image", "role": "preview"})
-            part.update(1.0, "outputs written")
+            progress.update(1.0, "done")
 
-            pixel_area = result.grid.pixel_area_m2()
-            for c in classes:
-                pixels = result.class_counts.get(c["value"], 0)
-                metrics["class_pixels"][c["name"]] = metrics["class_pixels"].get(c["name"], 0) + pixels
-                if pixel_area is not None:
-                    metrics["class_area_m2"][c["name"]] = metrics["class_area_m2"].get(c["name"], 0.0) + pixels * pixel_area
-            metrics["tiles"] += result.tiles
-            metrics["seconds"] += result.seconds
-            metrics["megapixels"] += result.megapixels
-            metrics["rasters"].append({"input": str(entry["path"]), "width": result.grid.width,
-                                       "height": result.grid.height, "crs": result.grid.crs.to_string()
-                                       if result.grid.crs else None})
-        progress.update(1.0, "done")
-    metrics["megapixels_per_s"] = metrics["megapixels"] / metrics["seconds"] if metrics["seconds"] else None
-    return {"outputs": outputs, "classes": classes, "metrics": metrics, "device": predictor.device}
+    pixel_area = result.grid.pixel_area_m2()
+    metrics: Dict[str, Any] = {
+        "tiles": result.tiles, "seconds": round(result.seconds, 3), "megapixels": round(result.megapixels, 4),
+        "megapixels_per_s": round(result.megapixels / result.seconds, 4) if result.seconds else None,
+        "class_pixels": {c["name"]: result.class_counts.get(c["value"], 0) for c in classes},
+        "class_area_m2": ({c["name"]: result.class_counts.get(c["value"], 0) * pixel_area for c in classes}
+                          if pixel_area is not None else {}),
+        "valid_pixels": result.valid_pixels, "features": features,
+        "width": result.grid.width, "height": result.grid.height,
+        "crs": result.grid.crs.to_string() if result.grid.crs else None,
+        "runtime": type(predictor).__name__,
+    }
+    return {"outputs": outputs, "classes": classes, "metrics": metrics, "device": result.device}
 
 
 run_landcover = run

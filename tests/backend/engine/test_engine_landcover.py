@@ -155,3 +155,19 @@ def test_runtime_choice(monkeypatch, tmp_path):
     np.testing.assert_allclose(big([x]), small([x]), atol=1e-4)
     with pytest.raises(InputError, match="unknown runtime"):
         runtime.make_predictor(model, runtime="tensorrt")
+
+
+def test_several_hr_tiles_make_one_mosaicked_map(data_dir, model_file, tmp_path):
+    tiles = sorted((data_dir / "joplin" / "pre").glob("*.tif"))
+    # a 100 m x 100 m AOI around the corner where the four tiles meet
+    aoi = {"geometry": {"type": "Polygon", "coordinates": [[[367207.0, 4103846.8], [367307.0, 4103846.8],
+                                                            [367307.0, 4103946.8], [367207.0, 4103946.8],
+                                                            [367207.0, 4103846.8]]]}, "crs": "EPSG:26915"}
+    result = landcover.run(_params(data_dir, model_file, tmp_path, hr=[{"path": str(t)} for t in tiles], aoi=aoi,
+                                   vectorize=False))
+    with rasterio.open(tmp_path / "landcover.tif") as out:
+        assert abs(out.width - 167) <= 1 and abs(out.height - 167) <= 1
+        labels = out.read(1)
+    # inside the AOI (the outer pixel ring has centres outside it) the tile seams leave no gap
+    assert (labels[1:-1, 1:-1] != 0).all()
+    assert result["metrics"]["valid_pixels"] == (labels != 0).sum()
