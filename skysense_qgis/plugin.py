@@ -36,7 +36,9 @@ class SkySensePlugin:
         self.dock_action = QAction(icon("skysense"), "SkySense panel", self.iface.mainWindow())
         self.dock_action.setCheckable(True)
         self.dock_action.setToolTip("Show or hide the SkySense panel")
-        self.dock_action.toggled.connect(self.set_dock_visible)
+        # triggered (user clicks) and not toggled: the dock's visibilityChanged also fires when it is merely
+        # tabbed behind another panel, and that must not hide it for good.
+        self.dock_action.triggered.connect(self.set_dock_visible)
         self.toolbar.addAction(self.dock_action)
         self.iface.addPluginToMenu(MENU, self.dock_action)
         self.actions.append(self.dock_action)

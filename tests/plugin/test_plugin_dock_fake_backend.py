@@ -43,6 +43,10 @@ def test_plugin_gui_has_dock_sections_menu_and_provider(plugin):
     assert titles == ["Land cover", "Change detection", "Damage assessment", "Fine-tune",
                       "Results and export", "Backend"]
     assert plugin.dock_action.isChecked()
+    plugin.dock_action.trigger()  # toolbar button: hide, then show again
+    assert plugin.dock.isHidden() and not plugin.dock_action.isChecked()
+    plugin.dock_action.trigger()
+    assert not plugin.dock.isHidden() and plugin.dock_action.isChecked()
     assert QgsApplication.processingRegistry().providerById("skysense") is not None
     # Backend section shows health and the model list reached the model choosers.
     assert "CPU" in dock.backend.status.text()
