@@ -9,7 +9,6 @@ import torch
 from rasterio.windows import Window
 
 from backend.errors import CancelledError, InputError, OutputError
-from backend.inference import engine as engine_mod
 from backend.inference.engine import EngineInput, run_inference
 from backend.inference.predictors import TorchPredictor, resolve_device
 from backend.io import writer as writer_mod
