@@ -20,7 +20,6 @@ the building class of the land-cover model on the pre image.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple

@@ -5,7 +5,7 @@ import pytest
 import rasterio
 import shapely.geometry
 from rasterio.transform import from_origin
-from rasterio.warp import transform_bounds, transform_geom
+from rasterio.warp import transform_bounds
 
 from backend.errors import InputError
 from backend.io.raster import Grid
