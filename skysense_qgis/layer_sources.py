@@ -42,7 +42,33 @@ def raster_path(layer: QgsMapLayer) -> str:
     if not layer.crs().isValid():
         raise LayerSourceError(f"Layer '{layer.name()}' has no coordinate reference system; "
                                "set one (Layer Properties > Source) before running SkySense.")
-    return os.path.abspath(path)
+    return with_layer_crs(layer, os.path.abspath(path))
+
+
+def with_layer_crs(layer: QgsRasterLayer, path: str) -> str:
+    """The file itself when it carries the layer's CRS; else a small VRT that adds the CRS set in QGIS.
+
+    The backend only sees files, so a CRS assigned in Layer Properties (e.g. to a PNG with a world
+    file, or a GeoTIFF with a wrong CRS) must travel inside a file too.
+    """
+    from osgeo import gdal  # GDAL's Python bindings ship with every QGIS
+    dataset = gdal.OpenEx(path, gdal.OF_RASTER)
+    if dataset is None:
+        raise LayerSourceError(f"Layer '{layer.name()}': GDAL cannot open {path}.")
+    if dataset.GetGeoTransform(can_return_null=True) is None and not dataset.GetGCPCount():
+        raise LayerSourceError(
+            f"Layer '{layer.name()}' has no georeferencing (pixel coordinates only): georeference it first "
+            "(Raster > Georeferencer, or a world file) so results land in the right place.")
+    wkt = dataset.GetProjectionRef() or dataset.GetGCPProjection()
+    file_crs = QgsCoordinateReferenceSystem.fromWkt(wkt) if wkt else QgsCoordinateReferenceSystem()
+    if file_crs.isValid() and file_crs == layer.crs():
+        return path
+    folder = tempfile.mkdtemp(prefix="skysense_crs_")
+    vrt = os.path.join(folder, os.path.splitext(os.path.basename(path))[0] + ".vrt")
+    srs = layer.crs().toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+    if gdal.Translate(vrt, dataset, format="VRT", outputSRS=srs) is None:
+        raise LayerSourceError(f"Layer '{layer.name()}': could not attach its CRS to {path}.")
+    return vrt
 
 
 def vector_source(layer: QgsMapLayer, allow_memory_export: bool = False,

@@ -187,3 +187,28 @@ def _run_export(registry, tmp_path):
     back = QgsVectorLayer(out["OUTPUT"], "back", "ogr")
     assert back.featureCount() == 4 and back.crs().authid() == "EPSG:26915"
     assert [f.name() for f in back.fields()][-2:] == ["damage", "confidence"]
+
+
+def test_crs_set_in_qgis_travels_with_the_file(data_dir, tmp_path):
+    # A georeferenced tile whose file has no CRS; the user sets EPSG:32650 in QGIS.
+    bare = tmp_path / "no_crs.tif"
+    gdal.Translate(str(bare), str(data_dir / "loveda" / "img_dir" / "0.png"), srcWin=[0, 0, 64, 64],
+                   outputBounds=[500000, 3400000, 500019.2, 3399980.8])
+    layer = QgsRasterLayer(str(bare), "bare")
+    layer.setCrs(QgsCoordinateReferenceSystem("EPSG:32650"))
+    sent = raster_path(layer)
+    assert sent.endswith(".vrt") and sent != str(bare)
+    wrapped = gdal.Open(sent)
+    assert QgsCoordinateReferenceSystem.fromWkt(wrapped.GetProjectionRef()).authid() == "EPSG:32650"
+    assert wrapped.GetGeoTransform() == gdal.Open(str(bare)).GetGeoTransform()
+    # A file that already carries the layer's CRS is sent as is.
+    good = tmp_path / "good.tif"
+    gdal.Translate(str(good), str(bare), outputSRS="EPSG:32650")
+    assert raster_path(QgsRasterLayer(str(good), "good")) == str(good)
+
+
+def test_ungeoreferenced_image_is_refused(data_dir):
+    layer = QgsRasterLayer(str(data_dir / "loveda" / "img_dir" / "0.png"), "png")
+    layer.setCrs(QgsCoordinateReferenceSystem("EPSG:32650"))
+    with pytest.raises(LayerSourceError, match="has no georeferencing"):
+        raster_path(layer)
