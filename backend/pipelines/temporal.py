@@ -70,13 +70,19 @@ def normalise_stack(stack: SentinelStack) -> np.ndarray:
     return data.astype(np.float32)
 
 
+STACK_SCALE = 1000.0
+
+
 def write_stack_raster(stack: SentinelStack, grid: Grid, path: Path) -> int:
-    """Normalised frames (T*C bands) then per-pixel validity (T bands) as one float32 GeoTIFF."""
+    """Normalised frames (T*C bands) then per-pixel validity (T bands) as one int16 GeoTIFF scaled by
+    STACK_SCALE: the engine reads whole row strips of it at HR resolution, so 2 bytes per value keep
+    that strip (T * (C + 1) * tile * width values) half the size of float32."""
     data = normalise_stack(stack)
     t, c = data.shape[:2]
     bands = np.concatenate([data.reshape(t * c, grid.height, grid.width),
                             stack.pixel_valid.astype(np.float32)], axis=0)
-    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=bands.shape[0], dtype="float32",
+    bands = np.clip(np.rint(bands * STACK_SCALE), -32767, 32767).astype(np.int16)
+    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=bands.shape[0], dtype="int16",
                    crs=grid.crs, transform=grid.transform, nodata=None, tiled=False, interleave="pixel")
     try:
         with rasterio.open(path, "w", **profile) as dst:
@@ -198,7 +204,8 @@ def _run(params: Dict[str, Any], progress: Progress, workdir: Path) -> Dict[str,
         path = workdir / f"{sensor}_stack.tif"
         write_stack_raster(stack, s_grid, path)
         stacks[sensor] = stack
-        inputs.append(EngineInput(str(path)))
+        n = len(stack.dates) * (len(SENSOR_BANDS[sensor]) + 1)
+        inputs.append(EngineInput(str(path), mean=[0.0] * n, std=[STACK_SCALE] * n))
     if not stacks:
         raise InputError("no Sentinel-2 or Sentinel-1 frames given")
 
