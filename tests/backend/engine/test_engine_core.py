@@ -122,15 +122,15 @@ def test_aoi_crops_output_and_masks_outside(image, tmp_path):
     img, path = image
     with rasterio.open(path) as ds:
         t = ds.transform
-    x0, y0 = t * (100, 50)
-    x1, y1 = t * (400, 350)
+    x0, y0 = t @ (100, 50)
+    x1, y1 = t @ (400, 350)
     tri = {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x0, y1], [x0, y0]]]}
     res = _run(path, _model(1), tmp_path / "o.tif", aoi={"geometry": tri, "crs": "EPSG:32633"})
     assert res.window == Window(100, 50, 300, 300)
     ref, _ = _untiled(_model(1), img)
     with rasterio.open(res.path) as ds:
         out = ds.read(1)
-        assert ds.transform == t * rasterio.Affine.translation(100, 50)
+        assert ds.transform == t @ rasterio.Affine.translation(100, 50)
     assert out.shape == (300, 300)
     assert out[5, 5] == ref[55, 105] and out[290, 290] == 0
     inside = out != 0

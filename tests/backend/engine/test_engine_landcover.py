@@ -63,7 +63,7 @@ def test_landcover_outputs_are_complete_and_consistent(data_dir, model_file, tmp
     with rasterio.open(data_dir / PRE) as src, rasterio.open(tmp_path / "landcover.tif") as out:
         assert out.crs == src.crs and out.res == src.res
         # output pixels sit exactly on the input grid
-        col, row = ~src.transform * (out.transform.c, out.transform.f)
+        col, row = ~src.transform @ (out.transform.c, out.transform.f)
         assert abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
         labels = out.read(1)
     values = {c["value"] for c in result["classes"]}
@@ -77,7 +77,8 @@ def test_landcover_outputs_are_complete_and_consistent(data_dir, model_file, tmp
         assert len(areas) == result["metrics"]["features"] > 0 and min(areas) >= 2.0
     with fiona.open(tmp_path / "landcover.shp") as layer:
         assert layer.crs.to_epsg() == 26915 and len(layer) == len(areas)
-    assert Image.open(tmp_path / "landcover_preview.png").mode == "RGBA"
+    with Image.open(tmp_path / "landcover_preview.png") as png:
+        assert png.mode == "RGBA"
 
 
 def test_landcover_without_vectors_and_with_confidence(data_dir, model_file, tmp_path):

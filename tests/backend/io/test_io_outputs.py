@@ -111,7 +111,8 @@ def test_preview_png_is_downsampled_colourised_and_transparent_on_nodata(tmp_pat
     data[:, :750] = 0
     src = _class_raster(tmp_path / "p.tif", data)
     png = write_preview(src, tmp_path / "p.png", CLASSES, max_size=600)
-    img = np.asarray(Image.open(png))
+    with Image.open(png) as handle:
+        img = np.asarray(handle)
     assert img.shape == (600, 300, 4)
     assert tuple(img[10, 10]) == (0, 0, 0, 0) and tuple(img[10, 290]) == (255, 0, 0, 255)
 
