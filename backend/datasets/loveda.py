@@ -127,13 +127,16 @@ def georeference_loveda(data_dir, out_dir, tile_ids=None) -> list[tuple[Path, Pa
 
 def loveda_polygons(mask_tif, out_path, window=None, min_pixels: int = 200, shrink: float = 0.9,
                     crs: str | None = None, class_field: str = "class", as_names: bool = True,
-                    driver: str = "GPKG") -> Path:
+                    driver: str = "GPKG", cell: int | None = None, max_per_class: int | None = None,
+                    seed: int = 0) -> Path:
     """Polygonise (part of) a georeferenced LoveDA mask into a label layer that stands in for user digitising.
 
     window: rasterio Window to cut from the mask (default whole tile); regions under `min_pixels` are dropped
     and the rest shrunk inwards by `shrink` metres (users draw inside class areas, not on the borders).
     `crs` reprojects the polygons (e.g. "EPSG:4326") to exercise CRS handling. The class field holds
-    class names (as_names) or LoveDA codes 1..7.
+    class names (as_names) or LoveDA codes 1..7. `cell` cuts regions along a grid of that many pixels
+    (users digitise many small samples, not one polygon per region) and `max_per_class` keeps a seeded
+    random subset of the pieces per class (sparse labelling).
     """
     import fiona
     from rasterio.features import shapes
@@ -148,7 +151,16 @@ def loveda_polygons(mask_tif, out_path, window=None, min_pixels: int = 200, shri
         source_crs = source.crs
         pixel_area = abs(transform.a * transform.e)
     records = []
-    for geometry, value in shapes(mask, mask=mask > 0, transform=transform):
+    pieces = []
+    if cell:
+        rows, cols = np.indices(mask.shape)
+        zones = (rows // cell) * (mask.shape[1] // cell + 1) + cols // cell
+        # A unique id per (class, grid cell) splits each region at the cell borders.
+        keyed = (zones.astype(np.int32) * 8 + mask).astype(np.int32)
+        pieces = [(g, int(v) % 8) for g, v in shapes(keyed, mask=mask > 0, transform=transform)]
+    else:
+        pieces = [(g, int(v)) for g, v in shapes(mask, mask=mask > 0, transform=transform)]
+    for geometry, value in pieces:
         polygon = shape(geometry)
         if polygon.area < min_pixels * pixel_area:
             continue
@@ -160,6 +172,14 @@ def loveda_polygons(mask_tif, out_path, window=None, min_pixels: int = 200, shri
             geojson = transform_geom(source_crs, crs, geojson)
         code = int(value)
         records.append({"geometry": geojson, "properties": {class_field: names[code] if as_names else code}})
+    if max_per_class:
+        rng = np.random.default_rng(seed)
+        kept = []
+        for code in sorted({r["properties"][class_field] for r in records}, key=str):
+            members = [r for r in records if r["properties"][class_field] == code]
+            order = rng.permutation(len(members))[:max_per_class]
+            kept.extend(members[i] for i in sorted(order))
+        records = kept
     if not records:
         raise InputError(f"no LoveDA regions of at least {min_pixels} pixels in the requested part of {mask_tif}")
     schema = {"geometry": "Unknown", "properties": {class_field: "str" if as_names else "int"}}

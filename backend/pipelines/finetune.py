@@ -3,7 +3,7 @@
 Required: raster, labels, class_field, output_dir. Optional: base_model (null = default land-cover model),
 epochs (10), freeze_encoder (false), name ("finetuned"), resume (false), layer, chip_size (256),
 chips_per_epoch (32), batch_size (4), lr, patience (5), val_fraction (0.25), seed (0), device ("auto"),
-compare_random_forest (true).
+compare_random_forest (true), rf_trees (60).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from backend.trainers.finetune import finetune_on_polygons
 
 _REQUIRED = ("raster", "labels", "class_field", "output_dir")
 _INT_LIMITS = {"epochs": (1, 1000), "chip_size": (64, 2048), "chips_per_epoch": (1, 100_000),
-               "batch_size": (1, 256), "patience": (0, 1000), "seed": (0, 2 ** 31 - 1)}
+               "batch_size": (1, 256), "patience": (0, 1000), "seed": (0, 2 ** 31 - 1), "rf_trees": (1, 1000)}
 
 
 def _check_params(params: dict) -> dict:

@@ -75,7 +75,8 @@ def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: 
                          layer: Optional[str] = None, chip_size: int = 256, chips_per_epoch: int = 32,
                          batch_size: int = 4, lr: Optional[float] = None, patience: int = 5,
                          val_fraction: float = 0.25, seed: int = 0, device: str = "cpu",
-                         compare_random_forest: bool = True, progress: Optional[Progress] = None,
+                         compare_random_forest: bool = True, rf_trees: int = 60,
+                         progress: Optional[Progress] = None,
                          log: Optional[Callable[[str], None]] = None) -> dict:
     """Train on the polygons and return the pipeline result dict (model path, metrics, loss curve, RF baseline)."""
     progress = progress or Progress()
@@ -124,7 +125,7 @@ def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: 
     rf_scores = None
     if compare_random_forest:
         progress.update(0.87, "training the random-forest baseline")
-        rf = train_random_forest(dataset.train, dataset.val, class_names, seed=seed)
+        rf = train_random_forest(dataset.train, dataset.val, class_names, n_estimators=rf_trees, seed=seed)
         rf_scores = {**rf.scores, "train_pixels": rf.train_pixels, "seconds": rf.seconds}
         log(format_scores(rf_scores, "random forest (same validation polygons)"))
 

@@ -46,6 +46,9 @@ class TrainConfig:
     min_delta: float = 1e-4
     class_balance: bool = True        # inverse-sqrt-frequency loss weights
     augment: bool = True
+    color_jitter: float = 0.1         # brightness/contrast range of the augmentation
+    channel_jitter: float = 0.0       # per-band gain range (colour shifts between images)
+    balanced_sampling: float = 0.5    # share of chips centred on a uniformly drawn class (rare classes seen)
     seed: int = 0
     num_threads: Optional[int] = None  # None: keep torch's setting (which follows OMP_NUM_THREADS)
     val_chip_size: Optional[int] = None
@@ -242,7 +245,7 @@ def train_segmentation(model: torch.nn.Module, train_scenes: list[LabelledScene]
         rng = np.random.default_rng([config.seed, epoch])
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout / drop-path inside the model
-        chips = sampler.training_chips(config.chips_per_epoch, rng)
+        chips = sampler.training_chips(config.chips_per_epoch, rng, config.balanced_sampling)
         _set_train_mode(model, config.freeze_encoder)
         loss_sum, loss_count = 0.0, 0
         for step in range(steps_per_epoch):
@@ -252,7 +255,8 @@ def train_segmentation(model: torch.nn.Module, train_scenes: list[LabelledScene]
             images, labels = stack_chips(batch_chips, train_norm, train_scenes, config.chip_size)
             images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
             if config.augment:
-                images_t, labels_t = augment_batch(images_t, labels_t, generator)
+                images_t, labels_t = augment_batch(images_t, labels_t, generator, config.color_jitter,
+                                                   config.color_jitter, config.channel_jitter)
             images_t, labels_t = images_t.to(device), labels_t.to(device)
             logits = model(images_t)
             loss = F.cross_entropy(logits.float(), labels_t, weight=weights, ignore_index=IGNORE_INDEX)

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=os.environ.get("SKYSENSE_DATA", str(REPO.parent / "shared" / "data")))
     parser.add_argument("--out", default=str(DEFAULT_MODEL_PATH))
     parser.add_argument("--epochs", type=int, default=14)
-    parser.add_argument("--chips-per-epoch", type=int, default=36)
+    parser.add_argument("--chips-per-epoch", type=int, default=32)
     parser.add_argument("--chip-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     config = TrainConfig(epochs=args.epochs, chip_size=args.chip_size, chips_per_epoch=args.chips_per_epoch,
                          batch_size=args.batch_size, lr=args.lr, encoder_lr_scale=1.0, weight_decay=0.05,
                          schedule="cosine", warmup_steps=20, patience=args.patience, seed=args.seed,
+                         balanced_sampling=0.75, color_jitter=0.3, channel_jitter=0.1,
                          num_threads=args.threads)
     if not args.resume and Path(args.checkpoint).exists():
         Path(args.checkpoint).unlink()   # a fresh run must not pick up an old trajectory
