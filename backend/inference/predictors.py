@@ -14,7 +14,7 @@ import torch
 
 from backend.errors import InputError
 
-__all__ = ["resolve_device", "TorchPredictor", "OnnxRuntimePredictor", "as_predictor"]
+__all__ = ["resolve_device", "TorchPredictor", "OnnxRuntimePredictor", "FlipTTA", "as_predictor"]
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -100,6 +100,26 @@ class OnnxRuntimePredictor:
             np.exp(out, out=out)
             out /= out.sum(axis=1, keepdims=True)
         return out
+
+
+class FlipTTA:
+    """Test-time augmentation: average the probabilities of the original and flipped tiles
+    (horizontal, vertical, both), mapped back. Costs one extra prediction per flip; smooths
+    orientation-dependent errors of models trained without rotation invariance."""
+
+    def __init__(self, base: Callable, flips: Sequence[str] = ("h", "v")):
+        self.base = base
+        self.flips = [() if f == "none" else {"h": (-1,), "v": (-2,), "hv": (-2, -1)}[f] for f in flips]
+        self.device = getattr(base, "device", "cpu")
+        self.fixed_tile_size = getattr(base, "fixed_tile_size", None)
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        total = np.asarray(self.base(inputs), dtype=np.float32).copy()
+        for axes in self.flips:
+            flipped = [np.ascontiguousarray(np.flip(a, axis=axes)) for a in inputs]
+            total += np.flip(np.asarray(self.base(flipped), dtype=np.float32), axis=axes)
+        total /= 1 + len(self.flips)
+        return total
 
 
 def as_predictor(model, device: str = "auto", amp: bool = True) -> Callable:

@@ -16,6 +16,7 @@ import rasterio
 
 from backend.errors import InputError
 from backend.inference.engine import EngineInput, normalise_classes, run_inference
+from backend.inference.predictors import FlipTTA
 from backend.inference.runtime import make_predictor
 from backend.io.atomic import AtomicOutputs
 from backend.io.mosaic import build_mosaic_vrt
@@ -89,7 +90,8 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
     Extra params beyond ARCHITECTURE.md: "shapefile": true (also write <name>.shp),
     "confidence": true (also write <name>_confidence.tif, max probability in percent),
     "allow_pixel_grid": true (accept ungeoreferenced images, processed on their pixel grid),
-    "runtime": "auto" | "torch" | "onnx" (see backend.inference.runtime.make_predictor).
+    "runtime": "auto" | "torch" | "onnx" (see backend.inference.runtime.make_predictor),
+    "tta": true (average with horizontally and vertically flipped predictions; 3x the compute).
     """
     progress = progress or Progress()
     if params.get("s2") or params.get("s1"):
@@ -135,6 +137,8 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
                                    runtime=params.get("runtime") or "auto",
                                    model_path=params.get("model") or DEFAULT_MODEL, tile_size=tile_size,
                                    expected_tiles=_expected_tiles(source, tile_size, overlap))
+        if params.get("tta"):
+            predictor = FlipTTA(predictor)
         outputs: List[dict] = []
         tif, qml = output_dir / f"{name}.tif", output_dir / f"{name}.qml"
         confidence = output_dir / f"{name}_confidence.tif" if params.get("confidence") else None
@@ -182,7 +186,7 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
         "valid_pixels": result.valid_pixels, "features": features,
         "width": result.grid.width, "height": result.grid.height,
         "crs": result.grid.crs.to_string() if result.grid.crs else None,
-        "runtime": type(predictor).__name__,
+        "runtime": type(getattr(predictor, "base", predictor)).__name__, "tta": bool(params.get("tta")),
     }
     return {"outputs": outputs, "classes": classes, "metrics": metrics, "device": result.device}
 

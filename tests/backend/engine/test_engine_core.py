@@ -297,3 +297,23 @@ def test_writer_thread_failure_while_main_waits_is_reported(image, tmp_path, mon
     with pytest.raises(OutputError, match="disk full"):
         _run(path, _model(1), tmp_path / "o.tif", prefetch=1)
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_flip_tta_maps_predictions_back():
+    from backend.inference.predictors import FlipTTA
+
+    calls = []
+
+    def left_half_is_class_one(inputs):
+        x = inputs[0]
+        calls.append(x.copy())
+        probs = np.zeros((x.shape[0], 2, x.shape[2], x.shape[3]), np.float32)
+        probs[:, 0] = x[:, 0] > 0  # class 0 where the first band is positive
+        probs[:, 1] = 1 - probs[:, 0]
+        return probs
+
+    x = np.zeros((1, 1, 4, 6), np.float32)
+    x[..., :3] = 1.0
+    out = FlipTTA(left_half_is_class_one)([x])
+    assert len(calls) == 3 and not np.array_equal(calls[1], calls[0])  # flipped inputs were seen
+    np.testing.assert_array_equal(out[0, 0], x[0, 0])  # every view agrees once mapped back

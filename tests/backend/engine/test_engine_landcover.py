@@ -82,7 +82,8 @@ def test_landcover_outputs_are_complete_and_consistent(data_dir, model_file, tmp
 
 
 def test_landcover_without_vectors_and_with_confidence(data_dir, model_file, tmp_path):
-    result = landcover.run(_params(data_dir, model_file, tmp_path, vectorize=False, confidence=True))
+    result = landcover.run(_params(data_dir, model_file, tmp_path, vectorize=False, confidence=True, tta=True))
+    assert result["metrics"]["tta"] is True
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["landcover.qml", "landcover.tif", "landcover_confidence.tif", "landcover_preview.png"]
     with rasterio.open(tmp_path / "landcover_confidence.tif") as ds:
