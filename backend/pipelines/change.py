@@ -252,8 +252,15 @@ def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path
                            outputs=outputs)
     out = {"engine": result, "grid": result.grid, "meta": meta, "model": model, "device": result.device}
     if meta["task"] == "change":
-        out["probability"], out["change"], out["valid"] = read_change_probability(result.written_path,
-                                                                   result.confidence_written_path)
+        prob, change, valid = read_change_probability(result.written_path, result.confidence_written_path)
+        if predictor.threshold != 0.5:  # undo ChangePredictor's re-weighting: back to the model's P(change)
+            t = predictor.threshold
+            prob = (prob * t / np.maximum(prob * t + (1 - prob) * (1 - t), 1e-12)).astype(np.float32)
+            prob[~valid] = 0.0
+        out["probability"], out["change"], out["valid"] = prob, change, valid
+        # The engine wrote its confidence (max(P, 1 - P)); replace it with P(change) itself.
+        percent = np.where(valid, np.rint(prob * 100), 255).astype(np.uint8)
+        _write_raster(Path(result.confidence_written_path), percent, result.grid, 255, Path(probability_path))
     return out
 
 

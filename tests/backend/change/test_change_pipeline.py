@@ -147,3 +147,24 @@ def test_an_image_against_itself_shows_no_change(data_dir, tmp_path):
     result = run_change({"pre": image, "post": image, "output_dir": str(tmp_path), "vectorize": False})
     with rasterio.open(_out(result, "change")["path"]) as src:
         assert (src.read(1) == 1).mean() < 0.01
+
+
+def test_threshold_moves_the_decision_consistently(data_dir, tmp_path):
+    levir = data_dir / "levir_cd"
+    name = "test_7_0256_0512"
+    counts, probs = {}, {}
+    for threshold in (0.2, 0.5, 0.8):
+        result = run_change({"pre": str(levir / "A" / f"{name}.png"), "post": str(levir / "B" / f"{name}.png"),
+                             "output_dir": str(tmp_path / str(threshold)), "threshold": threshold, "vectorize": False})
+        with rasterio.open(_out(result, "change")["path"]) as src:
+            counts[threshold] = int((src.read(1) == 1).sum())
+        with rasterio.open(_out(result, "probability")["path"]) as src:
+            probs[threshold] = src.read(1)
+    assert counts[0.2] > counts[0.5] > counts[0.8] > 0
+    # the written probability is the model's P(change) whatever the threshold: the mask is P >= threshold
+    for threshold in (0.5, 0.8):
+        with rasterio.open(tmp_path / str(threshold) / "change.tif") as src:
+            mask = src.read(1) == 1
+        assert np.abs(probs[threshold].astype(int) - probs[0.5]).max() <= 2
+        assert probs[threshold][mask].min() >= 100 * threshold - 2
+        assert probs[threshold][~mask].max() <= 100 * threshold + 2
