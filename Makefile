@@ -8,6 +8,8 @@ BPY := $(BACKEND_VENV)/bin/python
 PPY := $(PLUGIN_VENV)/bin/python
 DATA ?= $(abspath ../shared/data)
 export SKYSENSE_DATA := $(DATA)
+# Never write .aux.xml statistics next to inputs (the shared samples are read-only data).
+export GDAL_PAM_ENABLED := NO
 # Backend-side threads: CI has 2 cores.
 export OMP_NUM_THREADS ?= 2
 QGIS_ENV := QT_QPA_PLATFORM=offscreen QGIS_PREFIX_PATH=/usr XDG_RUNTIME_DIR=/tmp/runtime-$(USER)
