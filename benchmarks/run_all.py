@@ -134,36 +134,49 @@ def bench_onnx(tmp: Path, size: int, results: dict) -> str:
             + summary)
 
 
-def bench_memory(tmp: Path, sizes: list, real_model_size: int, results: dict) -> str:
+def _parse_shape(text: str) -> tuple:
+    """"1024" -> (1024, 1024); "2048x20480" -> (2048 wide, 20480 tall)."""
+    w, _, h = text.strip().partition("x")
+    return int(w), int(h or w)
+
+
+def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -> str:
     rows = []
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cases = [(s, "dummy") for s in sizes] + ([(real_model_size, "tiny")] if real_model_size else [])
+    cases = [(w, h, "dummy") for w, h in shapes] + ([(real_model_size, real_model_size, "tiny")]
+                                                  if real_model_size else [])
     results["memory"] = []
-    for size, kind in cases:
-        raster = tmp / f"mem_{size}.tif"
+    for width, height, kind in cases:
+        raster = tmp / f"mem_{width}x{height}.tif"
+        out = tmp / f"mem_{width}x{height}_out.tif"
         if not raster.exists():
             start = time.perf_counter()
-            make_test_raster(raster, size)
-            print(f"   (generated {size}x{size} test raster in {time.perf_counter() - start:.0f}s)", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.memory_probe", str(raster), str(tmp / f"mem_{size}_out.tif"),
-                               "--model", kind], capture_output=True, text=True, env=env, cwd=ROOT)
+            make_test_raster(raster, width, height=height)
+            print(f"   (generated {width}x{height} test raster in {time.perf_counter() - start:.0f}s)", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.memory_probe", str(raster), str(out), "--model", kind],
+                              capture_output=True, text=True, env=env, cwd=ROOT)
+        raster.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
         if proc.returncode != 0:
-            rows.append([f"{size}x{size}", kind, "failed", proc.stderr.strip().splitlines()[-1][:60], "", ""])
+            rows.append([f"{width}x{height}", "", kind, "failed", (proc.stderr.strip().splitlines() or ["?"])[-1][:60],
+                         "", ""])
             continue
         info = json.loads(proc.stdout.strip().splitlines()[-1])
-        results["memory"].append({"size": size, "model": kind, **info})
-        rows.append([f"{size}x{size}", f"{info['megapixels']:.0f}" if info["megapixels"] >= 10 else f"{info['megapixels']:.1f}",
-                     kind, info["baseline_rss_mb"], info["peak_rss_mb"],
-                     f"{info['peak_rss_mb'] - info['baseline_rss_mb']:.0f}", f"{info['seconds']:.0f}"])
-        raster.unlink(missing_ok=True)
-        (tmp / f"mem_{size}_out.tif").unlink(missing_ok=True)
-        print(f"   (memory run {size}x{size} {kind} done)", flush=True)
-    full = max(sizes) ** 2 * 7 * 4 / 2**20
+        results["memory"].append({"width": width, "height": height, "model": kind, **info})
+        mp = info["megapixels"]
+        rows.append([f"{width}x{height}", f"{mp:.0f}" if mp >= 10 else f"{mp:.1f}", kind, info["baseline_rss_mb"],
+                     info["peak_rss_mb"], f"{info['peak_rss_mb'] - info['baseline_rss_mb']:.0f}",
+                     f"{info['seconds']:.0f}"])
+        print(f"   (memory run {width}x{height} {kind} done)", flush=True)
+    side = max(max(w, h) for w, h in shapes)
+    full = side ** 2 * 7 * 4 / 2**20
     return (table("3. Peak memory (VmHWM) of one engine run in a fresh process (tile 512/64, batch 4)",
-                  ["raster", "MP", "model", "RSS at start MB", "peak RSS MB", "added MB", "seconds"], rows)
+                  ["raster (w x h)", "MP", "model", "RSS at start MB", "peak RSS MB", "added MB", "seconds"], rows)
             + "\n'dummy' = a 1x1-convolution stand-in for the network (so the 20k case finishes in minutes): it\n"
-              "measures the engine's own buffers, reading and writing. A whole-raster float32 probability\n"
-              f"array for {max(sizes)}x{max(sizes)} px and 7 classes would need {full:,.0f} MB by itself.")
+              "measures the engine's own buffers, reading and writing. Memory is bounded by the raster WIDTH\n"
+              "(one strip of tiles, carry bands, GDAL's 128 MB block cache), not by its height: compare rows\n"
+              "of equal width. A whole-raster float32 probability array for "
+              f"{side}x{side} px and 7 classes would need {full:,.0f} MB by itself.")
 
 
 def bench_gpu(tmp: Path, size: int, results: dict) -> str:
@@ -192,7 +205,8 @@ def bench_gpu(tmp: Path, size: int, results: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--speed-size", type=int, default=1024, help="raster side for the speed runs (px)")
-    ap.add_argument("--memory-sizes", default="1024,10240,20480", help="raster sides for the memory runs")
+    ap.add_argument("--memory-sizes", default="1024,10240,20480,2048x2048,2048x20480",
+                    help="rasters for the memory runs: side, or WIDTHxHEIGHT")
     ap.add_argument("--real-model-memory", type=int, default=1024,
                     help="also measure memory with the real tiny model at this size (0: skip)")
     ap.add_argument("--gpu-size", type=int, default=4096)
@@ -202,11 +216,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     if args.quick:
-        args.speed_size, args.memory_sizes, args.gpu_size = 512, "1024,4096", 2048
+        args.speed_size, args.memory_sizes, args.gpu_size = 512, "1024,4096,1024x8192", 2048
     global REPEAT
     REPEAT = max(1, args.repeat)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+    sizes = [_parse_shape(s) for s in args.memory_sizes.split(",") if s.strip()]
 
     model_note = str(DEFAULT_MODEL.name) if DEFAULT_MODEL.exists() else "skysense_seg_tiny (untrained: speed only)"
     print(f"SkySense engine benchmarks | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "

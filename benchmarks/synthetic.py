@@ -8,21 +8,22 @@ import rasterio
 from rasterio.transform import from_origin
 
 
-def make_test_raster(path, size: int, bands: int = 3, seed: int = 0) -> Path:
-    """A size x size uint8 GeoTIFF (EPSG:32633, 0.5 m, 512 tiles, deflate) with an image-like texture:
+def make_test_raster(path, size: int, bands: int = 3, seed: int = 0, height: int | None = None) -> Path:
+    """A size (wide) x height (default: size) uint8 GeoTIFF (EPSG:32633, 0.5 m, 512 tiles, deflate) with an image-like texture:
     blocky fields plus noise, so it compresses and decodes like real imagery rather than pure noise."""
     path = Path(path)
+    width, height = size, height or size
     rng = np.random.default_rng(seed)
     fields = rng.integers(30, 220, (bands, 64, 64), dtype=np.uint8)
     noise = rng.integers(0, 24, (bands, 512, 512), dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=bands, dtype="uint8",
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=bands, dtype="uint8",
                        crs="EPSG:32633", transform=from_origin(400000.0, 5000000.0, 0.5, 0.5), tiled=True,
                        blockxsize=512, blockysize=512, compress="deflate", zlevel=1, BIGTIFF="IF_SAFER") as ds:
-        for row in range(0, size, 512):
-            h = min(512, size - row)
+        for row in range(0, height, 512):
+            h = min(512, height - row)
             # 8-pixel blocks of field colours, shifted per strip so strips differ
             field_strip = np.repeat(np.repeat(np.roll(fields, row // 512, axis=2), 8, axis=1), 8, axis=2)
-            strip = np.tile(field_strip, (1, 1, -(-size // 512)))[:, :h, :size]
-            strip = strip + np.tile(noise, (1, 1, -(-size // 512)))[:, :h, :size]
-            ds.write(strip, window=rasterio.windows.Window(0, row, size, h))
+            strip = np.tile(field_strip, (1, 1, -(-width // 512)))[:, :h, :width]
+            strip = strip + np.tile(noise, (1, 1, -(-width // 512)))[:, :h, :width]
+            ds.write(strip, window=rasterio.windows.Window(0, row, width, h))
     return path
