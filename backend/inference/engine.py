@@ -176,8 +176,8 @@ class _Writer(threading.Thread):
             item = self.q.get()
             if item is None:
                 return
-            if self.error is not None:
-                continue
+            if self.error is not None or self.stop.is_set():
+                continue  # failed or cancelled: drain the queue without writing
             try:
                 labels = item[0]
                 self.counts += np.bincount(labels.ravel(), minlength=256)
@@ -323,7 +323,10 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
         if isinstance(exc, (InputError, OutputError, CancelledError)):
             raise
         if isinstance(exc, MemoryError):
-            raise OutputError("out of memory: lower tile_size or batch_size") from None
+            raise InputError("out of memory: lower tile_size or batch_size") from None
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+            raise InputError(f"GPU out of memory with tile_size {tile_size} and batch_size {batch_size}: "
+                             "lower batch_size (or tile_size), or use device 'cpu'") from None
         raise
     finally:
         stop.set()
