@@ -224,6 +224,9 @@ def train_segmentation(model: torch.nn.Module, train_scenes: list[LabelledScene]
     start_epoch = 0
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(Path(checkpoint_path))
+        if list(state.get("class_names", [])) != list(class_names):
+            raise InputError(f"checkpoint {checkpoint_path} was trained for classes {state.get('class_names')}, "
+                             f"not {list(class_names)}; start without resume")
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:

@@ -99,3 +99,15 @@ def test_validation_metrics_are_reported_per_epoch(scenes):
     assert np.array(scores["confusion_matrix"]).shape == (7, 7)
     assert np.array(scores["confusion_matrix"]).sum() == (val[0].labels >= 0).sum()
     assert 0.0 <= scores["miou"] <= 1.0 and len(scores["iou"]) == 7
+
+
+def test_resume_refuses_a_checkpoint_for_other_classes(scenes, tmp_path):
+    from backend.errors import InputError
+
+    train, val = scenes
+    train_segmentation(_model(), train, val, NAMES, IMAGENET_NORMALIZATION, _config(epochs=1),
+                       checkpoint_path=tmp_path / "c.pth")
+    renamed = ["bare soil"] + NAMES[1:]
+    with pytest.raises(InputError, match="trained for classes"):
+        train_segmentation(_model(), train, val, renamed, IMAGENET_NORMALIZATION, _config(epochs=2),
+                           checkpoint_path=tmp_path / "c.pth", resume=True)
