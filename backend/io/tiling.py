@@ -58,20 +58,32 @@ def _count(length: int, tile: int, stride: int) -> int:
 
 def plan_tiles(height: int, width: int, tile_size: int, overlap: int, multiple: int = 32,
                shrink: bool = True) -> TileLayout:
-    """Checked tile layout. A window smaller than the tile gets one tile shrunk to fit (rounded up to
-    `multiple`, which the models need), so small images are not padded to a large tile; with
-    shrink=False (fixed-size models) the tile size is kept."""
+    """Checked tile layout.
+
+    With `shrink` (the default) the tile is fitted to the window: among multiples of `multiple`
+    from tile_size down to half of it, the size that covers the window with the fewest computed
+    pixels (tiles x tile area) is used, so edge tiles are not mostly padding. E.g. 1024 px with
+    tile 512 / overlap 64 needs 3x3 tiles of 512 (2.4 MP of compute) but only 3x3 of 384 (1.3 MP).
+    A window smaller than the tile gets a single tile just large enough. shrink=False keeps
+    tile_size (models exported for one fixed size)."""
     if tile_size < multiple or tile_size % multiple:
         raise InputError(f"tile_size must be a multiple of {multiple} and at least {multiple}, got {tile_size}")
     if overlap < 0 or 2 * overlap > tile_size:
         raise InputError(f"overlap must be between 0 and half the tile size ({tile_size // 2}), got {overlap}")
     if height < 1 or width < 1:
         raise InputError("nothing to process: the window is empty")
+    if not shrink:
+        return TileLayout(int(height), int(width), int(tile_size), int(overlap))
     fit = multiple * math.ceil(max(height, width) / multiple)
-    if shrink and fit < tile_size:
-        tile_size = fit
-        overlap = min(overlap, tile_size // 2) if max(height, width) > tile_size else 0
-    return TileLayout(int(height), int(width), int(tile_size), int(overlap))
+    if fit <= tile_size:
+        return TileLayout(int(height), int(width), int(fit), 0)
+    best = None
+    smallest = max(multiple, 2 * overlap, (tile_size // 2) // multiple * multiple)
+    for size in range(tile_size, smallest - 1, -multiple):
+        cost = _count(height, size, size - overlap) * _count(width, size, size - overlap) * size * size
+        if best is None or cost < best[0]:  # ties keep the larger tile (fewer model calls)
+            best = (cost, size)
+    return TileLayout(int(height), int(width), int(best[1]), int(overlap))
 
 
 @lru_cache(maxsize=8)

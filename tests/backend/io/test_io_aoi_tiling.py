@@ -107,3 +107,13 @@ def test_pad_to_reflects_edge_tiles():
     np.testing.assert_array_equal(p[0, :3, 4], a[0, :, 2])
     tiny = np.ones((2, 1, 1), np.float32)
     assert pad_to(tiny, 32, 32).shape == (2, 32, 32)
+
+
+def test_tile_is_fitted_to_the_window_to_save_compute():
+    fitted = plan_tiles(1024, 1024, 512, 64)
+    fixed = plan_tiles(1024, 1024, 512, 64, shrink=False)
+    assert (fixed.tile, fixed.n_tiles) == (512, 9)  # the last row/column of tiles would be mostly padding
+    assert fitted.tile % 32 == 0 and 256 <= fitted.tile < 512 and fitted.overlap == 64
+    assert fitted.n_tiles * fitted.tile ** 2 < 0.6 * fixed.n_tiles * fixed.tile ** 2
+    last = fitted.tile_origin(fitted.rows - 1, fitted.cols - 1)
+    assert last[0] + fitted.tile >= 1024 and last[1] + fitted.tile >= 1024
