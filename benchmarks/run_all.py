@@ -24,6 +24,7 @@ import torch
 
 from backend.inference.engine import EngineInput, run_inference
 from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor
+from backend.io.tiling import plan_tiles
 from benchmarks.baseline_loop import _starts, plain_tile_loop
 from benchmarks.models import DEFAULT_MODEL, build_model
 from benchmarks.synthetic import make_test_raster
@@ -86,8 +87,8 @@ def bench_speed(tmp: Path, size: int, results: dict) -> str:
     for tile, overlap, batch in ((512, 64, 4), (1024, 64, 2)):
         secs = _engine(raster, tmp / f"engine_{tile}.tif", predictor, tile, overlap, batch)
         runs[f"engine{tile}"] = secs
-        tiles = (1 + -(-(size - tile) // (tile - overlap))) ** 2 if size > tile else 1
-        rows.append([f"engine, tile {tile}/{overlap}, batch {batch}", tiles, f"{secs:.1f}", f"{mp / secs:.3f}",
+        fitted = plan_tiles(size, size, tile, overlap)
+        rows.append([f"engine, tile {tile}/{overlap} (fitted {fitted.tile}), batch {batch}", fitted.n_tiles, f"{secs:.1f}", f"{mp / secs:.3f}",
                      f"{runs['loop256'] / secs:.2f}x"])
     base = runs["loop512"]
     best = min(runs["engine512"], runs["engine1024"])
@@ -109,10 +110,11 @@ def bench_onnx(tmp: Path, size: int, results: dict) -> str:
     if not raster.exists():
         make_test_raster(raster, size)
     model = build_model("tiny")
-    onnx_path = tmp / "tiny_512.onnx"
+    tile = plan_tiles(size, size, 512, 64).tile  # the engine's fitted tile, so both run the same tiles
+    onnx_path = tmp / f"tiny_{tile}.onnx"
     try:
         start = time.perf_counter()
-        export_onnx(model, onnx_path, tile_size=512)
+        export_onnx(model, onnx_path, tile_size=tile)
         export_secs = time.perf_counter() - start
     except Exception as exc:  # report, do not abort the other benchmarks
         return f"\n2. ONNX Runtime: skipped (export failed: {type(exc).__name__}: {exc})"
@@ -128,7 +130,7 @@ def bench_onnx(tmp: Path, size: int, results: dict) -> str:
         loop = results["speed"]
         summary = (f"\nengine with ONNX Runtime (the CPU default for jobs of 12+ tiles) vs the plain loop: "
                    f"{(mp / ort) / loop['loop256']:.2f}x at tile 256, {(mp / ort) / loop['loop512']:.2f}x at tile 512")
-    return (table(f"2. Engine with PyTorch vs ONNX Runtime, tile 512/64 batch 4, {size}x{size} px",
+    return (table(f"2. Engine with PyTorch vs ONNX Runtime, tile {tile}/64 batch 4, {size}x{size} px",
                   ["backend", "seconds", "MP/s", "speed-up"], rows)
             + f"\nexport took {export_secs:.1f}s (cached per model file); label agreement eager vs ONNX: {agree:.4f}"
             + summary)

@@ -5,7 +5,6 @@ job is handed to the temporal pipeline (HR + Sentinel time series fusion).
 """
 from __future__ import annotations
 
-import math
 import re
 import tempfile
 import warnings
@@ -21,6 +20,7 @@ from backend.inference.runtime import make_predictor
 from backend.io.atomic import AtomicOutputs
 from backend.io.mosaic import build_mosaic_vrt
 from backend.io.preview import write_preview
+from backend.io.tiling import plan_tiles
 from backend.io.style import raster_qml, vector_qml, write_qml
 from backend.io.vector import SHAPEFILE_SIDECARS, polygonize
 from backend.progress import Progress
@@ -69,18 +69,17 @@ def _int_param(params: dict, key: str, default: int, low: int) -> int:
     return value
 
 
-def _expected_tiles(path, tile_size: int, overlap: int) -> int:
-    """Tiles for the whole raster (an upper bound with an AOI); 0 if it cannot be opened yet
-    (the engine reports that properly)."""
+def _full_layout(path, tile_size: int, overlap: int):
+    """Tile layout for the whole raster (an upper bound with an AOI), used to choose the runtime
+    and the ONNX export size; None if it cannot be opened yet (the engine reports that properly)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = rasterio.open(path)
         with ds:
-            stride = max(1, tile_size - overlap)
-            return math.ceil(ds.width / stride) * math.ceil(ds.height / stride)
+            return plan_tiles(ds.height, ds.width, tile_size, overlap)
     except Exception:
-        return 0
+        return None
 
 
 def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, Any]:
@@ -133,10 +132,12 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
         if len(hr) > 1:
             source = str(build_mosaic_vrt([h["path"] for h in hr], Path(workdir) / "hr_mosaic.vrt",
                                           allow_pixel_grid=allow_pixel_grid))
+        layout = _full_layout(source, tile_size, overlap)
         predictor = make_predictor(model, device=params.get("device") or "auto",
                                    runtime=params.get("runtime") or "auto",
-                                   model_path=params.get("model") or DEFAULT_MODEL, tile_size=tile_size,
-                                   expected_tiles=_expected_tiles(source, tile_size, overlap))
+                                   model_path=params.get("model") or DEFAULT_MODEL,
+                                   tile_size=layout.tile if layout else tile_size,
+                                   expected_tiles=layout.n_tiles if layout else 0)
         if params.get("tta"):
             predictor = FlipTTA(predictor)
         outputs: List[dict] = []
