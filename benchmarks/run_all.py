@@ -176,8 +176,9 @@ def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -
                   ["raster (w x h)", "MP", "model", "RSS at start MB", "peak RSS MB", "added MB", "seconds"], rows)
             + "\n'dummy' = a 1x1-convolution stand-in for the network (so the 20k case finishes in minutes): it\n"
               "measures the engine's own buffers, reading and writing. Memory is bounded by the raster WIDTH\n"
-              "(one strip of tiles, carry bands, GDAL's 128 MB block cache), not by its height: compare rows\n"
-              "of equal width. A whole-raster float32 probability array for "
+              "(one strip of tiles plus the overlap carry bands), not by its height; on top of that GDAL's block\n"
+              "cache grows until its 128 MB cap (GDAL_CACHEMAX) and then stays there, which is the rise between\n"
+              "small and tall rasters of equal width. A whole-raster float32 probability array for "
               f"{side}x{side} px and 7 classes would need {full:,.0f} MB by itself.")
 
 
