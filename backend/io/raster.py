@@ -297,5 +297,10 @@ def open_aligned(specs: Sequence[dict], grid: Optional[Grid] = None, allow_pixel
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of an error, preferring GDAL's own message (rasterio chains it as the cause
+    of a generic "Read failed. See previous exception" error)."""
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and "previous exception" in str(exc):
+        exc = cause
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -317,3 +317,14 @@ def test_flip_tta_maps_predictions_back():
     out = FlipTTA(left_half_is_class_one)([x])
     assert len(calls) == 3 and not np.array_equal(calls[1], calls[0])  # flipped inputs were seen
     np.testing.assert_array_equal(out[0, 0], x[0, 0])  # every view agrees once mapped back
+
+
+def test_corruption_found_mid_run_is_an_input_error_and_leaves_nothing(make_raster, tmp_path):
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 255, (3, 600, 600), dtype=np.uint8)
+    path = make_raster(img, name="scene.tif", tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    blob = path.read_bytes()
+    path.write_bytes(blob[: int(len(blob) * 0.7)])  # header and first blocks intact, later blocks missing
+    with pytest.raises(InputError, match="scene.tif"):
+        _run(path, _model(1), tmp_path / "o.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
