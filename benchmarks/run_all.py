@@ -128,7 +128,7 @@ def bench_onnx(tmp: Path, size: int, results: dict) -> str:
     summary = ""
     if "speed" in results:
         loop = results["speed"]
-        summary = (f"\nengine with ONNX Runtime (the CPU default for jobs of 12+ tiles) vs the plain loop: "
+        summary = (f"\nengine with ONNX Runtime (the CPU default for jobs of 4+ MP of compute) vs the plain loop: "
                    f"{(mp / ort) / loop['loop256']:.2f}x at tile 256, {(mp / ort) / loop['loop512']:.2f}x at tile 512")
     return (table(f"2. Engine with PyTorch vs ONNX Runtime, tile {tile}/64 batch 4, {size}x{size} px",
                   ["backend", "seconds", "MP/s", "speed-up"], rows)

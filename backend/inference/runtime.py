@@ -1,8 +1,9 @@
 """Choosing how a model runs: PyTorch (CPU or CUDA, AMP on CUDA) or ONNX Runtime on CPU.
 
 On CPU the tiny SkySense model runs markedly faster under ONNX Runtime than in PyTorch eager mode
-(see `make bench`, section 2). Exporting costs seconds, so "auto" uses ONNX Runtime only for CPU
-jobs of at least `ONNX_MIN_TILES` tiles, and caches each export by model-file hash and tile size.
+(see `make bench`, section 2). Exporting costs several seconds, so "auto" uses ONNX Runtime only for
+CPU jobs computing at least `ONNX_MIN_MEGAPIXELS` (tiles x tile area), and caches each export by
+model-file hash and tile size.
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from typing import Optional
 from backend.errors import InputError
 from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor, resolve_device
 
-__all__ = ["make_predictor", "onnx_cache_dir", "ONNX_MIN_TILES"]
+__all__ = ["make_predictor", "onnx_cache_dir", "ONNX_MIN_MEGAPIXELS"]
 
 log = logging.getLogger(__name__)
-ONNX_MIN_TILES = 12
+ONNX_MIN_MEGAPIXELS = 4.0  # ~40 s of eager CPU time for the tiny model: the export pays off
 
 
 def onnx_cache_dir() -> Path:
@@ -55,14 +56,15 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     """A predictor for the engine.
 
     runtime: "torch" (PyTorch on `device`), "onnx" (ONNX Runtime on CPU; error if it cannot be
-    exported), or "auto": PyTorch on CUDA, ONNX Runtime on CPU when the job has at least
-    ONNX_MIN_TILES tiles and the export works, PyTorch otherwise.
+    exported), or "auto": PyTorch on CUDA, ONNX Runtime on CPU when the job computes at least
+    ONNX_MIN_MEGAPIXELS (expected_tiles x tile_size²) and the export works, PyTorch otherwise.
     """
     runtime = (runtime or "auto").lower()
     if runtime not in ("auto", "torch", "onnx"):
         raise InputError(f"unknown runtime {runtime!r}: use 'auto', 'torch' or 'onnx'")
     resolved = resolve_device(device)
-    if runtime == "torch" or (runtime == "auto" and (resolved != "cpu" or expected_tiles < ONNX_MIN_TILES)):
+    work_mp = expected_tiles * tile_size * tile_size / 1e6
+    if runtime == "torch" or (runtime == "auto" and (resolved != "cpu" or work_mp < ONNX_MIN_MEGAPIXELS)):
         return TorchPredictor(model, device=resolved, amp=amp)
     if runtime == "onnx" and resolved != "cpu":
         raise InputError("runtime 'onnx' runs on the CPU; use runtime 'torch' for CUDA")
