@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     from benchmarks.models import build_model
 
     model = build_model(args.model)
-    predictor = TorchPredictor(model, device="cpu")
+    predictor = TorchPredictor(model, device="cpu", as_tensor=True)
     with torch.inference_mode():  # warm-up outside the measured run, so lazy init is in the baseline
         predictor([torch.zeros(1, 3, 64, 64).numpy()])
     baseline = _current_mb()

@@ -83,7 +83,7 @@ def bench_speed(tmp: Path, size: int, results: dict) -> str:
                                                                       tile=tile, overlap=overlap, **NORM))
         rows.append([f"plain loop, tile {tile}/{overlap}, batch 1", n, f"{secs:.1f}", f"{mp / secs:.3f}",
                      f"{runs['loop256'] / secs:.2f}x"])
-    predictor = TorchPredictor(model, device="cpu")
+    predictor = TorchPredictor(model, device="cpu", as_tensor=True)
     for tile, overlap, batch in ((512, 64, 4), (1024, 64, 2)):
         secs = _engine(raster, tmp / f"engine_{tile}.tif", predictor, tile, overlap, batch)
         runs[f"engine{tile}"] = secs
@@ -119,7 +119,7 @@ def bench_onnx(tmp: Path, size: int, results: dict) -> str:
     except Exception as exc:  # report, do not abort the other benchmarks
         return f"\n2. ONNX Runtime: skipped (export failed: {type(exc).__name__}: {exc})"
     mp = size * size / 1e6
-    eager = _engine(raster, tmp / "eager.tif", TorchPredictor(model, device="cpu"), 512, 64, 4)
+    eager = _engine(raster, tmp / "eager.tif", TorchPredictor(model, device="cpu", as_tensor=True), 512, 64, 4)
     ort = _engine(raster, tmp / "ort.tif", OnnxRuntimePredictor(onnx_path, device="cpu"), 512, 64, 4)
     agree = _agreement(tmp / "eager.tif", tmp / "ort.tif")
     results["onnx"] = {"eager_mps": mp / eager, "onnxruntime_mps": mp / ort, "agreement": agree}
@@ -191,7 +191,7 @@ def bench_gpu(tmp: Path, size: int, results: dict) -> str:
     rows = []
     secs = {}
     for amp in (False, True):
-        predictor = TorchPredictor(model, device="cuda", amp=amp)
+        predictor = TorchPredictor(model, device="cuda", amp=amp, as_tensor=True)
         _engine(raster, tmp / "gpu_warm.tif", predictor, 512, 64, 8)  # warm-up (cuDNN autotune, allocator)
         torch.cuda.synchronize()
         secs[amp] = _engine(raster, tmp / f"gpu_{amp}.tif", predictor, 512, 64, 8)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import torch
 from rasterio.windows import Window
 
 from backend.errors import CancelledError, InputError, OutputError
@@ -336,17 +337,29 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
             src.close()
 
 
+def _as_probs(out) -> torch.Tensor:
+    """Predictor output -> float32 tensor, kept on the predictor's device when it is a tensor."""
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    arr = np.asarray(out, dtype=np.float32)
+    if not arr.flags.writeable or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr).copy()
+    return torch.from_numpy(arr)
+
+
 def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read_q: queue.Queue,
             reader: threading.Thread, writer: _Writer, progress: Progress, with_confidence: bool) -> None:
-    """Consume batches in order, blend with carries, hand finished row strips to the writer."""
+    """Consume batches in order, blend with carries, hand finished row strips to the writer.
+
+    Blending runs in torch on the device the predictor answered on (the GPU for CUDA models), so
+    only uint8 labels travel back to the host, and CPU runs use torch's threads."""
     T, O, S, W = L.tile, L.overlap, L.stride, L.width
-    weights = blend_weights(T, O)
-    top = np.zeros((K + 1, O, L.padded_width), np.float32) if O else None
+    device = weights = lut_t = top = None
     done = 0
     valid = None
-    row_i = -1
     left = None
     labels = conf = new_top = None
+    last_row = False
     while True:
         try:
             item = read_q.get(timeout=0.25)
@@ -369,23 +382,28 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
             rows_out = min(T if last_row else S, L.height - row_i * S)
             labels = np.full((rows_out, W), nodata, np.uint8)
             conf = np.full((rows_out, W), 255, np.uint8) if with_confidence else None
-            new_top = np.zeros_like(top) if (top is not None and not last_row) else None
+            new_top = None
             left = None
             continue
         _, i, cols, arrays = item
-        probs = np.asarray(predictor(arrays), dtype=np.float32)
-        if probs.ndim != 4 or probs.shape[0] != len(cols) or probs.shape[2:] != (T, T):
+        probs = _as_probs(predictor(arrays))
+        if probs.ndim != 4 or probs.shape[0] != len(cols) or tuple(probs.shape[2:]) != (T, T):
             raise InputError(f"the model returned shape {tuple(probs.shape)}, expected ({len(cols)}, K, {T}, {T})")
         if probs.shape[1] != K:
             raise InputError(f"the model predicts {probs.shape[1]} classes but {K} class names were given")
+        if device is None:  # first batch: put the blending buffers where the probabilities are
+            device = probs.device
+            weights = torch.from_numpy(blend_weights(T, O).copy()).to(device)
+            lut_t = torch.from_numpy(lut).to(device)
+            top = torch.zeros((K + 1, O, L.padded_width), dtype=torch.float32, device=device) if O else None
+        if new_top is None and top is not None and not last_row:
+            new_top = torch.zeros_like(top)
         ja, jb = cols[0], cols[-1]
         x0, x1 = ja * S, jb * S + T
-        local = np.zeros((K + 1, T, x1 - x0), np.float32)
+        local = torch.zeros((K + 1, T, x1 - x0), dtype=torch.float32, device=device)
         if left is not None:
             local[:, :, :O] += left
-        if not probs.flags.writeable:
-            probs = probs.copy()
-        probs *= weights  # in place: no per-tile temporaries
+        probs.mul_(weights)
         for b, j in enumerate(cols):
             off = (j - ja) * S
             local[:K, :, off:off + T] += probs[b]
@@ -397,20 +415,20 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
             block[:, :O] += top[:, :, x0:fc1]
         if new_top is not None:
             new_top[:, :, x0:fc1] = block[:, S:S + O]
-        left = None if last_col or not O else local[:, :, fc1 - x0:fc1 - x0 + O].copy()
+        left = None if last_col or not O else local[:, :, fc1 - x0:fc1 - x0 + O].clone()
         c1 = min(fc1, W)
         if c1 > x0:
             rows_out = labels.shape[0]
             region = block[:, :rows_out, :c1 - x0]
             # The summed weight is the same for every class of a pixel: the argmax needs no division.
-            labels[:, x0:c1] = lut[np.argmax(region[:K], axis=0)]
+            best, index = region[:K].max(dim=0)
+            labels[:, x0:c1] = lut_t[index].cpu().numpy()
             if conf is not None:
-                top_prob = region[:K].max(axis=0) / region[K]
-                conf[:, x0:c1] = np.rint(top_prob * 100).astype(np.uint8)
+                conf[:, x0:c1] = torch.round(best / region[K] * 100).to(torch.uint8).cpu().numpy()
         done += len(cols)
         if last_col:
             if new_top is not None:
-                top = new_top
+                top, new_top = new_top, None
             invalid = ~valid[:labels.shape[0]]
             labels[invalid] = nodata
             if conf is not None:

@@ -37,7 +37,9 @@ class TorchPredictor:
     probabilities with outputs='probs'); the engine always receives probabilities in float32."""
 
     def __init__(self, module: torch.nn.Module, device: str = "auto", amp: bool = True,
-                 outputs: str = "logits", channels_last: bool | None = None):
+                 outputs: str = "logits", channels_last: bool | None = None, as_tensor: bool = False):
+        self.as_tensor = as_tensor  # True: return the probabilities as a tensor on `device` (the engine
+        # blends there, so only labels come back to the host); False: a numpy array
         self.device = resolve_device(device)
         self.amp = bool(amp) and self.device.startswith("cuda")
         self.outputs = outputs
@@ -63,7 +65,7 @@ class TorchPredictor:
         out = out.float()
         if self.outputs == "logits":
             out = torch.softmax(out, dim=1)
-        return out.cpu().numpy()
+        return out if self.as_tensor else out.cpu().numpy()
 
 
 class OnnxRuntimePredictor:
@@ -113,11 +115,13 @@ class FlipTTA:
         self.device = getattr(base, "device", "cpu")
         self.fixed_tile_size = getattr(base, "fixed_tile_size", None)
 
-    def __call__(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        total = np.asarray(self.base(inputs), dtype=np.float32).copy()
+    def __call__(self, inputs: Sequence[np.ndarray]):
+        first = self.base(inputs)
+        on_device = isinstance(first, torch.Tensor)  # keep tensors where the base model put them
+        total = first.float().clone() if on_device else np.asarray(first, dtype=np.float32).copy()
         for axes in self.flips:
-            flipped = [np.ascontiguousarray(np.flip(a, axis=axes)) for a in inputs]
-            total += np.flip(np.asarray(self.base(flipped), dtype=np.float32), axis=axes)
+            out = self.base([np.ascontiguousarray(np.flip(a, axis=axes)) for a in inputs])
+            total += torch.flip(out.float(), dims=axes) if on_device else np.flip(np.asarray(out, np.float32), axis=axes)
         total /= 1 + len(self.flips)
         return total
 
@@ -125,7 +129,7 @@ class FlipTTA:
 def as_predictor(model, device: str = "auto", amp: bool = True) -> Callable:
     """nn.Module -> TorchPredictor; anything else callable is taken to follow the protocol already."""
     if isinstance(model, torch.nn.Module):
-        return TorchPredictor(model, device=device, amp=amp)
+        return TorchPredictor(model, device=device, amp=amp, as_tensor=True)
     if callable(model):
         return model
     raise TypeError(f"not a model or predictor: {type(model).__name__}")

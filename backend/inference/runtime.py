@@ -65,7 +65,7 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     resolved = resolve_device(device)
     work_mp = expected_tiles * tile_size * tile_size / 1e6
     if runtime == "torch" or (runtime == "auto" and (resolved != "cpu" or work_mp < ONNX_MIN_MEGAPIXELS)):
-        return TorchPredictor(model, device=resolved, amp=amp)
+        return TorchPredictor(model, device=resolved, amp=amp, as_tensor=True)
     if runtime == "onnx" and resolved != "cpu":
         raise InputError("runtime 'onnx' runs on the CPU; use runtime 'torch' for CUDA")
     try:
@@ -74,4 +74,4 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
         if runtime == "onnx":
             raise InputError(f"the model could not be run with ONNX Runtime: {exc}") from None
         log.warning("ONNX Runtime unavailable for this model (%s); using PyTorch", exc)
-        return TorchPredictor(model, device=resolved, amp=amp)
+        return TorchPredictor(model, device=resolved, amp=amp, as_tensor=True)

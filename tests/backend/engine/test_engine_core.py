@@ -328,3 +328,21 @@ def test_corruption_found_mid_run_is_an_input_error_and_leaves_nothing(make_rast
     with pytest.raises(InputError, match="scene.tif"):
         _run(path, _model(1), tmp_path / "o.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_tensor_and_numpy_predictors_give_the_same_map(image, tmp_path):
+    """TorchPredictor(as_tensor=True) keeps probabilities on the device for blending; same result."""
+    _, path = image
+    model = _model(3)
+    outs = []
+    for as_tensor, tta in ((False, False), (True, False), (True, True), (False, True)):
+        from backend.inference.predictors import FlipTTA
+        predictor = TorchPredictor(model, "cpu", as_tensor=as_tensor)
+        predictor = FlipTTA(predictor) if tta else predictor
+        out = tmp_path / f"o_{as_tensor}_{tta}.tif"
+        run_inference([EngineInput(path, mean=[128.0] * 3, std=[64.0] * 3)], predictor, out, CLASSES,
+                      tile_size=128, overlap=32, batch_size=3, confidence_path=tmp_path / f"c_{as_tensor}_{tta}.tif")
+        with rasterio.open(out) as ds:
+            outs.append(ds.read(1))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[2], outs[3])
