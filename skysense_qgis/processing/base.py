@@ -85,6 +85,7 @@ class SkySenseAlgorithm(QgsProcessingAlgorithm):
             details = QgsProcessingContext.LayerDetails(f"{group_name} {role}", context.project(), role)
             post = _StyleResult(output, result, self.kind)
             _KEEP_ALIVE.append(post)
+            del _KEEP_ALIVE[:-200]  # Processing is done with old ones long before this
             details.setPostProcessor(post)
             details.forceName = True
             context.addLayerToLoadOnCompletion(uri, details)
