@@ -12,7 +12,7 @@ export SKYSENSE_DATA := $(DATA)
 export GDAL_PAM_ENABLED := NO
 # Backend-side threads: CI has 2 cores.
 export OMP_NUM_THREADS ?= 2
-QGIS_ENV := QT_QPA_PLATFORM=offscreen QGIS_PREFIX_PATH=/usr XDG_RUNTIME_DIR=/tmp/runtime-$(USER)
+QGIS_ENV := QT_QPA_PLATFORM=offscreen QGIS_PREFIX_PATH=/usr XDG_RUNTIME_DIR=/tmp/runtime-$(shell id -un)
 
 .PHONY: help setup setup-backend setup-plugin demo test test-backend test-plugin bench eval screenshot train-default clean
 
@@ -53,7 +53,7 @@ test-backend: setup-backend
 	$(BPY) -m pytest -q -p no:cacheprovider tests/models tests/backend
 
 test-plugin: setup
-	@mkdir -p /tmp/runtime-$(USER) && chmod 700 /tmp/runtime-$(USER)
+	@mkdir -p /tmp/runtime-$(shell id -un) && chmod 700 /tmp/runtime-$(shell id -un)
 	$(QGIS_ENV) SKYSENSE_BACKEND_PYTHON=$(abspath $(BPY)) $(PPY) -m pytest -q -p no:cacheprovider tests/plugin --qgis_disable_gui
 
 bench: setup-backend
