@@ -98,6 +98,13 @@ def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: 
     dataset = build_polygon_dataset(raster, labels, class_field, bands=bands, layer=layer,
                                     palette_classes=base_meta.get("classes"), chip_size=chip_size,
                                     val_fraction=val_fraction, seed=seed)
+    with rasterio.open(raster) as source:
+        gsd = float(abs(source.transform.a))
+        dtype = source.dtypes[bands[0] - 1]
+    if dtype != "uint8" and max(normalization["mean"]) > 1.0:
+        # The base model's statistics are in 8-bit units; other ranges shift every input value.
+        dataset.notes.append(f"the raster holds {dtype} values but the base model was normalised for 8-bit "
+                             "imagery; rescale the raster to 0-255 for best results")
     for note in dataset.notes:
         log(note)
     smallest = min(min(s.labels.shape) for s in dataset.train + dataset.val)
@@ -130,8 +137,6 @@ def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: 
         log(format_scores(rf_scores, "random forest (same validation polygons)"))
 
     progress.update(0.95, "writing the model file")
-    with rasterio.open(raster) as source:
-        gsd = float(abs(source.transform.a))
     loss_curve = [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_loss": h["val_loss"],
                    "miou": h["miou"], "overall_accuracy": h["overall_accuracy"]} for h in outcome.history]
     metrics = {

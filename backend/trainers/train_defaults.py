@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--color-jitter", type=float, default=0.3, help="brightness/contrast augmentation range")
+    parser.add_argument("--channel-jitter", type=float, default=0.1, help="per-band gain augmentation range")
+    parser.add_argument("--balanced-sampling", type=float, default=0.75, help="share of class-balanced chips")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS)")
     parser.add_argument("--checkpoint", default=str(REPO / "build" / "train_default" / "checkpoint.pth"))
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
     config = TrainConfig(epochs=args.epochs, chip_size=args.chip_size, chips_per_epoch=args.chips_per_epoch,
                          batch_size=args.batch_size, lr=args.lr, encoder_lr_scale=1.0, weight_decay=0.05,
                          schedule="cosine", warmup_steps=20, patience=args.patience, seed=args.seed,
-                         balanced_sampling=0.75, color_jitter=0.3, channel_jitter=0.1,
+                         balanced_sampling=args.balanced_sampling, color_jitter=args.color_jitter,
+                         channel_jitter=args.channel_jitter,
                          num_threads=args.threads)
     if not args.resume and Path(args.checkpoint).exists():
         Path(args.checkpoint).unlink()   # a fresh run must not pick up an old trajectory

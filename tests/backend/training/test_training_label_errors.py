@@ -105,3 +105,14 @@ def test_raster_without_crs(tmp_path):
     layer = _layer(tmp_path / "l.gpkg", _two_classes())
     with pytest.raises(InputError, match="has no CRS"):
         build_polygon_dataset(path, layer, "landuse")
+
+
+def test_sixteen_bit_raster_gets_a_normalisation_note(tmp_path, small_base_model):
+    from backend.trainers.finetune import finetune_on_polygons
+
+    raster = write_raster(tmp_path / "r16.tif", (np.random.default_rng(0).random((3, 200, 200)) * 4000)
+                          .astype(np.uint16), origin=ORIGIN)
+    layer = _layer(tmp_path / "l.gpkg", _two_classes())
+    result = finetune_on_polygons(raster, layer, "landuse", tmp_path / "out", base_model=small_base_model,
+                                  epochs=1, chip_size=64, chips_per_epoch=2, batch_size=2, rf_trees=5)
+    assert any("uint16" in note and "8-bit" in note for note in result["notes"])
