@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from backend.datasets.loveda import LOVEDA_GSD, loveda_palette, read_loveda_tile
