@@ -186,6 +186,7 @@ class FinetuneParams(OutputParams):
     freeze_encoder: bool = False
     resume: bool = False
     compare_random_forest: bool = True
+    rf_trees: int = Field(60, ge=1, le=1000, description="trees in the random-forest baseline")
     device: Device = "auto"
     name: str = "finetuned"
 
