@@ -1,11 +1,12 @@
 """The one tiled, batched, streaming inference engine (land cover, change, damage, temporal).
 
-Three stages overlap: a reader thread reads one row strip of every aligned input (one GDAL call per
-input per strip), cuts it into reflect-padded, normalised tiles and queues batches; the calling
-thread runs the predictor and blends probabilities; a writer thread encodes finished rows into the
-output GeoTIFF. Probabilities are only held for the tiles in flight plus two carry bands (the
-overlap below the current tile row, the overlap right of the current batch), so memory does not
-depend on the raster height and grows only by `overlap` rows with its width.
+Three stages overlap: a reader thread reads the window of each batch of tiles from every aligned
+input (one GDAL call per input per batch), cuts it into reflect-padded, normalised tiles and queues
+the batches; the calling thread runs the predictor and blends probabilities; a writer thread encodes
+finished rows into the output GeoTIFF. Probabilities are only held for the tiles in flight plus two
+carry bands (the overlap below the current tile row, the overlap right of the current batch). Memory
+therefore does not depend on the raster height; with the width only the carry band (`overlap` rows of
+K+1 floats) and the uint8 label rows grow, a few tens of MB at 20,000 px.
 """
 from __future__ import annotations
 
@@ -101,7 +102,11 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> None:
 
 
 class _Reader(threading.Thread):
-    """Reads row strips and queues ("strip", i, valid) then ("batch", i, cols, arrays) items."""
+    """Queues ("row", i) then, per batch of that tile row, ("batch", i, cols, arrays, valid) items.
+
+    Each batch reads only its own window (its tiles' columns, one GDAL call per input), so the
+    reader's buffers do not grow with the raster width; neighbouring batches share `overlap`
+    columns, which GDAL's block cache serves without decoding them again."""
 
     def __init__(self, sources, specs, layout: TileLayout, window: Window, grid: Grid, aoi, batch_size: int,
                  out: queue.Queue, stop: threading.Event):
@@ -116,6 +121,36 @@ class _Reader(threading.Thread):
                 raise InputError(f"normalisation for {src.path} must give {src.count} means and positive stds")
             self.norm.append((mean[:, None, None], (1.0 / std)[:, None, None]))
 
+    def _read_batch(self, row0: int, h: int, cols: list) -> tuple:
+        """(normalised float32 tiles [B, C, T, T] per input, valid [h, w] of the batch window)."""
+        L = self.layout
+        x0 = cols[0] * L.stride
+        x1 = min(cols[-1] * L.stride + L.tile, L.width)
+        window = Window(self.window.col_off + x0, self.window.row_off + row0, x1 - x0, h)
+        datas, valid = [], np.ones((h, x1 - x0), bool)
+        for src in self.sources:
+            data, ok = src.read(window)
+            datas.append(data)
+            valid &= ok
+        inside = aoi_mask(self.grid, self.aoi, window)
+        if inside is not None:
+            valid &= inside
+        arrays = []
+        for data, (mean, inv_std) in zip(datas, self.norm):
+            batch = np.empty((len(cols), data.shape[0], L.tile, L.tile), np.float32)
+            for b, j in enumerate(cols):
+                c0 = j * L.stride - x0
+                c1 = min(c0 + L.tile, x1 - x0)
+                tile = data[:, :, c0:c1].astype(np.float32)
+                tile -= mean
+                tile *= inv_std
+                tile_valid = valid[:, c0:c1]
+                if not tile_valid.all():
+                    tile[:, ~tile_valid] = 0.0  # nodata pixels look like the mean
+                batch[b] = tile if tile.shape[1:] == (L.tile, L.tile) else pad_to(tile, L.tile, L.tile)
+            arrays.append(batch)
+        return arrays, valid
+
     def run(self) -> None:
         try:
             L = self.layout
@@ -123,35 +158,10 @@ class _Reader(threading.Thread):
             for i in range(L.rows):
                 row0 = i * L.stride
                 h = min(L.tile, L.height - row0)
-                strip = Window(self.window.col_off, self.window.row_off + row0, self.window.width, h)
-                datas, valid = [], np.ones((h, L.width), bool)
-                for src in self.sources:
-                    data, ok = src.read(strip)
-                    datas.append(data)
-                    valid &= ok
-                inside = aoi_mask(self.grid, self.aoi, strip)
-                if inside is not None:
-                    valid &= inside
-                _put(self.out, ("strip", i, valid), self.stop)
+                _put(self.out, ("row", i), self.stop)
                 for cols in col_batches:
-                    arrays = []
-                    for data, (mean, inv_std) in zip(datas, self.norm):
-                        batch = np.empty((len(cols), data.shape[0], L.tile, L.tile), np.float32)
-                        for b, j in enumerate(cols):
-                            c0 = j * L.stride
-                            c1 = min(c0 + L.tile, L.width)
-                            tile = data[:, :, c0:c1].astype(np.float32)
-                            tile -= mean
-                            tile *= inv_std
-                            tile_valid = valid[:, c0:c1]
-                            if not tile_valid.all():
-                                tile[:, ~tile_valid] = 0.0  # nodata pixels look like the mean
-                            if tile.shape[1:] == (L.tile, L.tile):
-                                batch[b] = tile
-                            else:
-                                batch[b] = pad_to(tile, L.tile, L.tile)
-                        arrays.append(batch)
-                    _put(self.out, ("batch", i, cols, arrays), self.stop)
+                    arrays, valid = self._read_batch(row0, h, cols)
+                    _put(self.out, ("batch", i, cols, arrays, valid), self.stop)
             _put(self.out, ("end",), self.stop)
         except _Stop:
             pass
@@ -168,7 +178,7 @@ class _Writer(threading.Thread):
     def __init__(self, writers: list, stop: threading.Event, nodata: int):
         super().__init__(name="skysense-writer", daemon=True)
         self.writers, self.stop, self.nodata = writers, stop, nodata
-        self.q: queue.Queue = queue.Queue(maxsize=3)
+        self.q: queue.Queue = queue.Queue(maxsize=2)
         self.error: Optional[BaseException] = None
         self.counts = np.zeros(256, np.int64)
 
@@ -180,8 +190,7 @@ class _Writer(threading.Thread):
             if self.error is not None or self.stop.is_set():
                 continue  # failed or cancelled: drain the queue without writing
             try:
-                labels = item[0]
-                self.counts += np.bincount(labels.ravel(), minlength=256)
+                self.counts += _class_counts(item[0])
                 for writer, rows in zip(self.writers, item):
                     writer.write(rows)
             except BaseException as exc:
@@ -192,6 +201,15 @@ class _Writer(threading.Thread):
         if self.error is not None:
             raise self.error
         self.q.put(item)
+
+
+def _class_counts(labels: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Pixel count per uint8 value. In chunks: bincount widens to int64, 8x the strip otherwise."""
+    flat = labels.ravel()
+    counts = np.zeros(256, np.int64)
+    for start in range(0, flat.size, chunk):
+        counts += np.bincount(flat[start:start + chunk], minlength=256)
+    return counts
 
 
 def _load_malloc_trim():
@@ -352,13 +370,14 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
     """Consume batches in order, blend with carries, hand finished row strips to the writer.
 
     Blending runs in torch on the device the predictor answered on (the GPU for CUDA models), so
-    only uint8 labels travel back to the host, and CPU runs use torch's threads."""
+    only uint8 labels travel back to the host, and CPU runs use torch's threads. Carries: `top`
+    (the overlap rows below the current tile row, updated in place column range by column range,
+    as each range is read before it is overwritten) and `left` (the overlap right of the batch)."""
     T, O, S, W = L.tile, L.overlap, L.stride, L.width
     device = weights = lut_t = top = None
     done = 0
-    valid = None
     left = None
-    labels = conf = new_top = None
+    labels = conf = None
     last_row = False
     while True:
         try:
@@ -376,16 +395,15 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
             raise item[1]
         if kind == "end":
             return
-        if kind == "strip":
-            row_i, valid = item[1], item[2]
+        if kind == "row":
+            row_i = item[1]
             last_row = row_i == L.rows - 1
             rows_out = min(T if last_row else S, L.height - row_i * S)
             labels = np.full((rows_out, W), nodata, np.uint8)
             conf = np.full((rows_out, W), 255, np.uint8) if with_confidence else None
-            new_top = None
             left = None
             continue
-        _, i, cols, arrays = item
+        _, i, cols, arrays, valid = item
         probs = _as_probs(predictor(arrays))
         if probs.ndim != 4 or probs.shape[0] != len(cols) or tuple(probs.shape[2:]) != (T, T):
             raise InputError(f"the model returned shape {tuple(probs.shape)}, expected ({len(cols)}, K, {T}, {T})")
@@ -396,8 +414,6 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
             weights = torch.from_numpy(blend_weights(T, O).copy()).to(device)
             lut_t = torch.from_numpy(lut).to(device)
             top = torch.zeros((K + 1, O, L.padded_width), dtype=torch.float32, device=device) if O else None
-        if new_top is None and top is not None and not last_row:
-            new_top = torch.zeros_like(top)
         ja, jb = cols[0], cols[-1]
         x0, x1 = ja * S, jb * S + T
         local = torch.zeros((K + 1, T, x1 - x0), dtype=torch.float32, device=device)
@@ -411,10 +427,11 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
         last_col = jb == L.cols - 1
         fc1 = x1 if last_col else (jb + 1) * S
         block = local[:, :, :fc1 - x0]
-        if top is not None and i > 0:
-            block[:, :O] += top[:, :, x0:fc1]
-        if new_top is not None:
-            new_top[:, :, x0:fc1] = block[:, S:S + O]
+        if top is not None:
+            if i > 0:
+                block[:, :O] += top[:, :, x0:fc1]
+            if not last_row:
+                top[:, :, x0:fc1] = block[:, S:S + O]
         left = None if last_col or not O else local[:, :, fc1 - x0:fc1 - x0 + O].clone()
         c1 = min(fc1, W)
         if c1 > x0:
@@ -422,17 +439,16 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
             region = block[:, :rows_out, :c1 - x0]
             # The summed weight is the same for every class of a pixel: the argmax needs no division.
             best, index = region[:K].max(dim=0)
-            labels[:, x0:c1] = lut_t[index].cpu().numpy()
+            out_labels = lut_t[index].cpu().numpy()
+            invalid = ~valid[:rows_out, :c1 - x0]
+            out_labels[invalid] = nodata
+            labels[:, x0:c1] = out_labels
             if conf is not None:
-                conf[:, x0:c1] = torch.round(best / region[K] * 100).to(torch.uint8).cpu().numpy()
+                out_conf = torch.round(best / region[K] * 100).to(torch.uint8).cpu().numpy()
+                out_conf[invalid] = 255
+                conf[:, x0:c1] = out_conf
         done += len(cols)
         if last_col:
-            if new_top is not None:
-                top, new_top = new_top, None
-            invalid = ~valid[:labels.shape[0]]
-            labels[invalid] = nodata
-            if conf is not None:
-                conf[invalid] = 255
             writer.submit((labels, conf) if conf is not None else (labels,))
             _release_free_memory()
         progress.update(done / L.n_tiles, f"tile {done}/{L.n_tiles}")

@@ -39,8 +39,8 @@ def class_colormap(classes: Sequence[dict], nodata: Optional[int]) -> dict:
 class StripWriter:
     """Write an image top to bottom: `write(rows[count, h, width])` appends h rows.
 
-    Rows are buffered until a whole 512-row block row is available, so every compressed tile is
-    encoded once. `path` should be a temporary name (see AtomicOutputs); `final_name` is only used
+    Rows are copied into a one-block-row buffer (512 rows) and written when it is full, so every
+    compressed tile is encoded once. `path` should be a temporary name (see AtomicOutputs); `final_name` is only used
     in error messages. Any GDAL/OS failure becomes OutputError naming the file.
     """
 
@@ -53,8 +53,10 @@ class StripWriter:
         self.grid, self.count, self.dtype = grid, count, np.dtype(dtype)
         self.nodata, self.colormap, self.overviews = nodata, colormap, overviews
         self.rows_written = 0
-        self._pending: list = []
-        self._pending_rows = 0
+        # One block row of buffer, filled in place: whole compressed blocks are encoded once, and
+        # memory stays at BLOCK rows of the width whatever the strip heights are.
+        self._buffer = np.empty((count, min(BLOCK, grid.height), grid.width), self.dtype)
+        self._filled = 0
         profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=self.dtype.name,
                        crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True,
                        blockxsize=BLOCK, blockysize=BLOCK, compress=compress, BIGTIFF="IF_SAFER")
@@ -82,34 +84,34 @@ class StripWriter:
             rows = rows[None]
         if rows.shape[0] != self.count or rows.shape[2] != self.grid.width:
             raise ValueError(f"expected rows of shape ({self.count}, h, {self.grid.width}), got {rows.shape}")
-        self._pending.append(rows.astype(self.dtype, copy=False))
-        self._pending_rows += rows.shape[1]
-        end = self.rows_written + self._pending_rows
-        if end >= self.grid.height:
-            self._flush(self._pending_rows)
-        elif self._pending_rows >= BLOCK:
-            self._flush(self._pending_rows - self._pending_rows % BLOCK)
+        if self.rows_written + self._filled + rows.shape[1] > self.grid.height:
+            raise ValueError(f"{self.final_name}: more rows than the raster's {self.grid.height}")
+        done = 0
+        while done < rows.shape[1]:
+            take = min(rows.shape[1] - done, self._buffer.shape[1] - self._filled)
+            self._buffer[:, self._filled:self._filled + take] = rows[:, done:done + take]
+            self._filled += take
+            done += take
+            if self._filled == self._buffer.shape[1] or self.rows_written + self._filled == self.grid.height:
+                self._flush()
 
-    def _flush(self, n: int) -> None:
-        if n <= 0:
+    def _flush(self) -> None:
+        if self._filled <= 0:
             return
-        data = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
-        head, rest = data[:, :n], data[:, n:]
         try:
-            window = rasterio.windows.Window(0, self.rows_written, self.grid.width, n)
-            self._ds.write(head, window=window)
+            window = rasterio.windows.Window(0, self.rows_written, self.grid.width, self._filled)
+            self._ds.write(self._buffer[:, :self._filled], window=window)
         except Exception as exc:
             raise self._error(exc) from None
-        self.rows_written += n
-        self._pending = [rest] if rest.shape[1] else []
-        self._pending_rows = rest.shape[1]
+        self.rows_written += self._filled
+        self._filled = 0
 
     def close(self) -> None:
         """Flush, close, and add nearest-neighbour overviews (fast display of large outputs in QGIS)."""
         if self._ds is None:
             return
         try:
-            self._flush(self._pending_rows)
+            self._flush()
             if self.rows_written != self.grid.height:
                 raise OutputError(f"internal error: wrote {self.rows_written} of {self.grid.height} rows "
                                   f"to {self.final_name}")
