@@ -1,9 +1,10 @@
 """The comparison point: a plain sequential tile loop, the way typical QGIS deep-learning plugins run.
 
-One tile at a time: read the window, normalise, pad, run the model on a batch of one under
-torch.no_grad, argmax, write the tile's centre (overlap cropped), next tile. No batching, no
-background reading or writing, no blending. Same GeoTIFF output format as the engine, so the
-difference measured is the execution strategy alone.
+One tile at a time: read the window, normalise, pad, run the model on a batch of one (a PyTorch
+module under torch.no_grad, or an ONNX Runtime predictor as Deepness does), argmax, write the
+tile's centre (overlap cropped), next tile. No batching, no background reading or writing, no
+blending. Same GeoTIFF output format as the engine, so the difference measured is the execution
+strategy alone.
 """
 from __future__ import annotations
 
@@ -22,9 +23,17 @@ def _starts(length: int, tile: int, stride: int) -> list:
     return [i * stride for i in range(n)]
 
 
-def plain_tile_loop(raster, out_path, model: torch.nn.Module, class_values, *, tile: int = 256, overlap: int = 32,
+def _scores(model, x: np.ndarray) -> np.ndarray:
+    """Class scores [K, T, T] of one normalised tile [C, T, T]."""
+    if isinstance(model, torch.nn.Module):
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x))[None])[0].numpy()
+    return np.asarray(model([np.ascontiguousarray(x)[None]]))[0]  # predictor protocol (e.g. ONNX Runtime)
+
+
+def plain_tile_loop(raster, out_path, model, class_values, *, tile: int = 256, overlap: int = 32,
                     mean=(128.0, 128.0, 128.0), std=(64.0, 64.0, 64.0)) -> int:
-    """Classify `raster` into `out_path`; returns the number of tiles run."""
+    """Classify `raster` into `out_path` with an nn.Module or a predictor; returns the number of tiles run."""
     mean = np.asarray(mean, np.float32)[:, None, None]
     std = np.asarray(std, np.float32)[:, None, None]
     lut = np.asarray(class_values, np.uint8)
@@ -41,9 +50,7 @@ def plain_tile_loop(raster, out_path, model: torch.nn.Module, class_values, *, t
                     h, w = min(tile, src.height - r), min(tile, src.width - c)
                     x = (src.read(window=Window(c, r, w, h)).astype(np.float32) - mean) / std
                     x = pad_to(x, tile, tile)
-                    with torch.no_grad():
-                        logits = model(torch.from_numpy(np.ascontiguousarray(x))[None])
-                    labels = lut[logits[0].argmax(0).numpy()]
+                    labels = lut[_scores(model, x).argmax(0)]
                     # keep the tile centre; the first/last tiles keep their outer edge
                     r0 = 0 if i == 0 else half
                     c0 = 0 if j == 0 else half

@@ -308,7 +308,9 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
         reader.start()
         writer_thread.start()
         device = getattr(predictor, "device", "cpu")
-        progress.update(0.0, f"predicting {layout.n_tiles} tiles of {layout.tile} px on {device}")
+        precision = getattr(predictor, "precision", None)
+        progress.update(0.0, f"predicting {layout.n_tiles} tiles of {layout.tile} px on {device}"
+                             + (f" ({precision})" if precision else ""))
 
         _stream(layout, predictor, lut, nodata, len(classes), read_q, reader, writer_thread, progress,
                 with_confidence=confidence_path is not None)

@@ -14,7 +14,18 @@ import torch
 
 from backend.errors import InputError
 
-__all__ = ["resolve_device", "TorchPredictor", "OnnxRuntimePredictor", "FlipTTA", "as_predictor"]
+__all__ = ["resolve_device", "cpu_has_native_bf16", "TorchPredictor", "OnnxRuntimePredictor", "FlipTTA",
+           "as_predictor"]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bfloat16 arithmetic in hardware (AVX512-BF16 or AMX): there bf16 autocast
+    roughly halves the tiny model's time; elsewhere it is emulated and slower than fp32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    except Exception:  # an older torch or an unusual build: assume no
+        return False
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -32,19 +43,25 @@ def resolve_device(device: str = "auto") -> str:
 
 
 class TorchPredictor:
-    """Runs an nn.Module under inference_mode; on CUDA with autocast (fp16) mixed precision when
-    `amp`, on CPU in fp32: the same code path either way. The module returns logits (or
-    probabilities with outputs='probs'); the engine always receives probabilities in float32."""
+    """Runs an nn.Module under inference_mode, with autocast mixed precision where asked: fp16 on CUDA
+    (`amp`, default on), bfloat16 on the CPU (`cpu_bf16`, default off; worth it on CPUs with
+    cpu_has_native_bf16()). fp32 otherwise; the same code path either way. The module returns logits
+    (or probabilities with outputs='probs'); the engine always receives probabilities in float32."""
 
     def __init__(self, module: torch.nn.Module, device: str = "auto", amp: bool = True,
-                 outputs: str = "logits", channels_last: bool | None = None, as_tensor: bool = False):
+                 outputs: str = "logits", channels_last: bool | None = None, as_tensor: bool = False,
+                 cpu_bf16: bool = False):
         self.as_tensor = as_tensor  # True: return the probabilities as a tensor on `device` (the engine
         # blends there, so only labels come back to the host); False: a numpy array
         self.device = resolve_device(device)
-        self.amp = bool(amp) and self.device.startswith("cuda")
+        on_cuda = self.device.startswith("cuda")
+        self.amp_dtype = (torch.float16 if on_cuda and amp else
+                          torch.bfloat16 if not on_cuda and cpu_bf16 else None)
+        self.amp = self.amp_dtype is not None
+        self.precision = {None: "fp32", torch.float16: "fp16 mixed", torch.bfloat16: "bf16 mixed"}[self.amp_dtype]
         self.outputs = outputs
         # channels_last helps cuDNN convolutions; on CPU it was not faster for the tiny model (see bench).
-        self.channels_last = self.device.startswith("cuda") if channels_last is None else channels_last
+        self.channels_last = on_cuda if channels_last is None else channels_last
         self.module = module.eval().to(self.device)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -59,7 +76,8 @@ class TorchPredictor:
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         tensors = [self._tensor(a) for a in inputs]
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        autocast = torch.autocast(device_type, dtype=self.amp_dtype) if self.amp else nullcontext()
         with torch.inference_mode(), autocast:
             out = self.module(*tensors)
         out = out.float()
@@ -90,6 +108,7 @@ class OnnxRuntimePredictor:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             self.session = ort.InferenceSession(str(session_or_path), options, providers=providers)
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        self.precision = "fp32, ONNX Runtime"
         self.input_names = [i.name for i in self.session.get_inputs()]
         shape = self.session.get_inputs()[0].shape  # [batch, C, H, W]; H, W fixed at export
         self.fixed_tile_size = shape[2] if len(shape) == 4 and isinstance(shape[2], int) else None
@@ -113,6 +132,7 @@ class FlipTTA:
         self.base = base
         self.flips = [() if f == "none" else {"h": (-1,), "v": (-2,), "hv": (-2, -1)}[f] for f in flips]
         self.device = getattr(base, "device", "cpu")
+        self.precision = getattr(base, "precision", None)
         self.fixed_tile_size = getattr(base, "fixed_tile_size", None)
 
     def __call__(self, inputs: Sequence[np.ndarray]):

@@ -1,9 +1,11 @@
-"""Choosing how a model runs: PyTorch (CPU or CUDA, AMP on CUDA) or ONNX Runtime on CPU.
+"""Choosing how a model runs: PyTorch (CUDA with fp16 autocast; CPU in fp32 or bf16 autocast) or
+ONNX Runtime on CPU.
 
-On CPU the tiny SkySense model runs markedly faster under ONNX Runtime than in PyTorch eager mode
-(see `make bench`, section 2). Exporting costs several seconds, so "auto" uses ONNX Runtime only for
-CPU jobs computing at least `ONNX_MIN_MEGAPIXELS` (tiles x tile area), and caches each export by
-model-file hash and tile size.
+On CPU, "auto" picks the fastest measured option (see `make bench`, section 2): PyTorch with bfloat16
+autocast on CPUs that do bf16 in hardware (AVX512-BF16 / AMX; label agreement with fp32 above 99.9 %);
+elsewhere ONNX Runtime, which beats PyTorch eager, for jobs computing at least `ONNX_MIN_MEGAPIXELS`
+(tiles x tile area: exporting costs several seconds; exports are cached by model-file hash and tile
+size); PyTorch fp32 for small jobs.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from backend.errors import InputError
-from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor, resolve_device
+from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor, cpu_has_native_bf16, resolve_device
 
 __all__ = ["make_predictor", "onnx_cache_dir", "ONNX_MIN_MEGAPIXELS"]
 
@@ -55,15 +57,18 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
                    tile_size: int = 512, expected_tiles: int = 0, amp: bool = True):
     """A predictor for the engine.
 
-    runtime: "torch" (PyTorch on `device`), "onnx" (ONNX Runtime on CPU; error if it cannot be
-    exported), or "auto": PyTorch on CUDA, ONNX Runtime on CPU when the job computes at least
-    ONNX_MIN_MEGAPIXELS (expected_tiles x tile_size²) and the export works, PyTorch otherwise.
+    runtime: "torch" (PyTorch on `device`: fp16 autocast on CUDA when `amp`, fp32 on CPU), "onnx" (ONNX
+    Runtime on CPU; error if it cannot be exported), or "auto": PyTorch on CUDA; on CPU, PyTorch with
+    bf16 autocast where the CPU has native bf16 (and `amp`), else ONNX Runtime when the job computes at
+    least ONNX_MIN_MEGAPIXELS (expected_tiles x tile_size²) and the export works, else PyTorch fp32.
     """
     runtime = (runtime or "auto").lower()
     if runtime not in ("auto", "torch", "onnx"):
         raise InputError(f"unknown runtime {runtime!r}: use 'auto', 'torch' or 'onnx'")
     resolved = resolve_device(device)
     work_mp = expected_tiles * tile_size * tile_size / 1e6
+    if runtime == "auto" and resolved == "cpu" and amp and cpu_has_native_bf16():
+        return TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=True)
     if runtime == "torch" or (runtime == "auto" and (resolved != "cpu" or work_mp < ONNX_MIN_MEGAPIXELS)):
         return TorchPredictor(model, device=resolved, amp=amp, as_tensor=True)
     if runtime == "onnx" and resolved != "cpu":

@@ -20,3 +20,20 @@ def test_plain_loop_and_engine_agree_for_a_pointwise_model(tmp_path):
     with rasterio.open(tmp_path / "loop.tif") as a, rasterio.open(tmp_path / "engine.tif") as b:
         assert a.transform == b.transform and a.crs == b.crs
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_plain_loop_runs_an_onnx_runtime_predictor_like_the_module(tmp_path):
+    from backend.inference.predictors import OnnxRuntimePredictor
+    from models.onnx_export import export_onnx
+    from models.registry import create_model
+
+    raster = make_test_raster(tmp_path / "r.tif", 300)
+    torch.manual_seed(0)
+    model = create_model("skysense_seg_tiny", num_classes=7).eval()
+    onnx_path = export_onnx(model, tmp_path / "m.onnx", tile_size=256)
+    classes = list(range(1, 8))
+    plain_tile_loop(raster, tmp_path / "torch.tif", model, classes, tile=256, overlap=32)
+    plain_tile_loop(raster, tmp_path / "ort.tif", OnnxRuntimePredictor(onnx_path, device="cpu"), classes,
+                    tile=256, overlap=32)
+    with rasterio.open(tmp_path / "torch.tif") as a, rasterio.open(tmp_path / "ort.tif") as b:
+        assert (a.read(1) == b.read(1)).mean() > 0.999

@@ -144,10 +144,11 @@ def test_runtime_choice(monkeypatch, tmp_path):
     from models.registry import create_model
 
     monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     torch.manual_seed(0)
     model = create_model("skysense_seg_tiny", num_classes=7).eval()
     small = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=1)
-    assert isinstance(small, TorchPredictor)
+    assert isinstance(small, TorchPredictor) and small.precision == "fp32"
     model_path = tmp_path / "weights.bin"
     model_path.write_bytes(b"stand-in for a model file: only its hash keys the cache")
     assert isinstance(runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=100,
@@ -159,6 +160,49 @@ def test_runtime_choice(monkeypatch, tmp_path):
     np.testing.assert_allclose(big([x]), small([x]), atol=1e-4)
     with pytest.raises(InputError, match="unknown runtime"):
         runtime.make_predictor(model, runtime="tensorrt")
+
+
+def test_runtime_choice_on_a_cpu_with_native_bf16(monkeypatch):
+    """auto on a bf16 CPU: PyTorch with bf16 autocast, whatever the job size; 'torch' stays fp32."""
+    import torch
+    from backend.inference import runtime
+    from models.registry import create_model
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    torch.manual_seed(0)
+    model = create_model("skysense_seg_tiny", num_classes=7).eval()
+    fast = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=1000)
+    assert fast.precision == "bf16 mixed" and fast.amp_dtype == torch.bfloat16
+    exact = runtime.make_predictor(model, device="cpu", runtime="torch", tile_size=64, expected_tiles=1000)
+    assert exact.precision == "fp32"
+    assert runtime.make_predictor(model, device="cpu", amp=False, tile_size=64, expected_tiles=1).precision == "fp32"
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    p_fast, p_exact = fast([x]), exact([x])  # bf16 is emulated where the CPU lacks it: slower, same numbers
+    assert p_fast.dtype == torch.float32
+    assert (p_fast.argmax(1) == p_exact.argmax(1)).float().mean() > 0.97
+    assert (p_fast - p_exact).abs().max() < 0.1
+
+
+def test_cpu_bf16_predictor_really_computes_in_bf16():
+    import torch
+    from backend.inference.predictors import TorchPredictor
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            seen.append(y.dtype)
+            return y
+
+    x = [np.zeros((1, 3, 8, 8), np.float32)]
+    TorchPredictor(Probe(), "cpu", cpu_bf16=True)(x)
+    TorchPredictor(Probe(), "cpu")(x)
+    assert seen == [torch.bfloat16, torch.float32]
 
 
 def test_several_hr_tiles_make_one_mosaicked_map(data_dir, model_file, tmp_path):
