@@ -141,3 +141,22 @@ def test_server_landcover_cancel_mid_run_leaves_nothing(client, auth, helpers, o
     info = helpers.wait_job(client, job, timeout=240)
     assert info["state"] == "cancelled", info
     assert os.listdir(out) == []
+
+
+def test_server_two_real_jobs_at_once_are_queued_and_both_intact(client, auth, helpers, out_root, scene, tiny_model):
+    """Two land-cover jobs sent together into one folder: run one after the other, neither corrupts the other."""
+    out = out_root / "pair"
+    ids = [client.post("/jobs", headers=auth, json=_job(scene, tiny_model, out, name=name, runtime="torch")).json()["id"]
+           for name in ("first", "second")]
+    infos = [helpers.wait_job(client, job_id, timeout=300) for job_id in ids]
+    assert [i["state"] for i in infos] == ["done", "done"], [i["error"] for i in infos]
+    rasters = [next(o["path"] for o in i["result"]["outputs"] if o["role"] == "classes") for i in infos]
+    assert [os.path.basename(p) for p in rasters] == ["first.tif", "second.tif"]
+    with rasterio.open(rasters[0]) as a, rasterio.open(rasters[1]) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))  # same input, same model: the same map
+    # the same name again replaces the earlier files as a whole (written aside, then renamed over them)
+    again = client.post("/jobs", headers=auth, json=_job(scene, tiny_model, out, name="first", runtime="torch"))
+    assert helpers.wait_job(client, again.json()["id"], timeout=300)["state"] == "done"
+    with rasterio.open(rasters[0]) as a, rasterio.open(rasters[1]) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    assert not [n for n in os.listdir(out) if n.startswith(".") or n.endswith(".tmp")]
