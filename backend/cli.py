@@ -2,12 +2,14 @@
 
     python -m backend.cli landcover --hr scene.tif --output-dir out/
     python -m backend.cli export --source a.gpkg --dest b.shp
+    python -m backend.cli finetune --raster r.tif --labels l.gpkg --class-field cls --output-dir out/ [--resume]
     python -m backend.cli serve --port 0 --state-file state.json
     python -m backend.cli models
 
 Flags are generated from the job's pydantic params model (``--tile-size`` for
 ``tile_size``...), so the CLI accepts exactly what the HTTP API accepts.
-Exit codes: 0 done, 1 failed, 2 bad input, 130 cancelled (Ctrl-C).
+The result is printed as JSON; ``finetune`` prints the loss-curve / accuracy table instead (``--json``
+for the JSON). Exit codes: 0 done, 1 failed, 2 bad input, 130 cancelled (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -244,7 +246,11 @@ def run_kind(kind: str, args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     bar.close()
-    print(json.dumps(result, indent=2))
+    if kind == "finetune" and not getattr(args, "json", False):
+        from backend.trainers.finetune import format_finetune_result
+        print(format_finetune_result(result))  # loss curve, fine-tuned vs random forest
+    else:
+        print(json.dumps(result, indent=2))
     return EXIT_OK
 
 
@@ -274,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--params-json", metavar="FILE",
                        help="a JSON object with the params (flags given too override it)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if kind == "finetune":
+            p.add_argument("--json", action="store_true",
+                           help="print the whole result as JSON instead of the summary table")
     serve = sub.add_parser("serve", help="start the local HTTP server (options of python -m backend.server)",
                            add_help=False)
     serve.add_argument("server_args", nargs=argparse.REMAINDER)

@@ -103,7 +103,7 @@ def damage_params(pre: QgsRasterLayer, post: QgsRasterLayer, output_dir: str, na
 
 def finetune_params(raster: QgsRasterLayer, labels: QgsVectorLayer, class_field: str, output_dir: str,
                     name: str, *, base_model: Optional[str] = None, epochs: int = 10,
-                    freeze_encoder: bool = True, resume: bool = False, device: str = "auto") -> dict:
+                    freeze_encoder: bool = False, resume: bool = False, device: str = "auto") -> dict:
     if labels is None:
         raise LayerSourceError("Choose a polygon layer with training labels.")
     if labels.fields().indexOf(class_field) < 0:
@@ -119,6 +119,11 @@ def finetune_params(raster: QgsRasterLayer, labels: QgsVectorLayer, class_field:
         "freeze_encoder": bool(freeze_encoder), "resume": bool(resume), "device": _device(device),
         "output_dir": _output_dir(output_dir), "name": safe_name(name),
     }
+
+
+def finetune_checkpoint(output_dir: str, name: str) -> str:
+    """Where the backend saves a fine-tune's last completed epoch (what `resume` continues from)."""
+    return os.path.join(os.path.abspath(os.path.expanduser(output_dir)), f"{safe_name(name)}_checkpoint.pth")
 
 
 def export_params(source: str, dest: str, layer: Optional[str] = None) -> dict:

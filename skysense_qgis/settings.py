@@ -45,3 +45,11 @@ class PluginSettings:
 
     def set_output_dir(self, path: str) -> None:
         self._set("output_dir", path)
+
+    def last_finetune(self) -> tuple:
+        """(output folder, job name) of the last fine-tune started from the dock and not finished; ('', '') if none."""
+        return self._get("finetune/last_output_dir"), self._get("finetune/last_name")
+
+    def set_last_finetune(self, output_dir: str, name: str) -> None:
+        self._set("finetune/last_output_dir", output_dir)
+        self._set("finetune/last_name", name)

@@ -186,20 +186,29 @@ def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: 
     }
 
 
+def _cell(value, width: int, digits: int) -> str:
+    """A right-aligned number, or n/a where the JSON form of a result holds null (NaN)."""
+    return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
 def format_finetune_result(result: dict) -> str:
-    """Plain-text summary for the CLI: loss curve, then fine-tuned vs random forest per class."""
+    """Plain-text summary for the CLI: loss curve, then fine-tuned vs random forest per class.
+
+    Accepts the trainer's result and its JSON form (NaN there is null)."""
     metrics = result["metrics"]
-    lines = [f"model: {result['model']}", "epoch  train_loss  val_loss  val_mIoU"]
+    lines = [f"model: {result['model']}"]
+    if metrics.get("resumed_from_epoch"):
+        lines.append(f"resumed after epoch {metrics['resumed_from_epoch']} from {result.get('checkpoint')}")
+    lines.append("epoch  train_loss  val_loss  val_mIoU")
     for point in result["loss_curve"]:
-        lines.append(f"{point['epoch']:>5}  {point['train_loss']:>10.4f}  {point['val_loss']:>8.4f}  {point['miou']:>8.3f}")
-    rf = metrics.get("random_forest")
+        lines.append(f"{point['epoch']:>5}  {_cell(point['train_loss'], 10, 4)}  {_cell(point['val_loss'], 8, 4)}  "
+                     f"{_cell(point['miou'], 8, 3)}")
+    rf = metrics.get("random_forest") or {}
     lines.append(f"{'':<16}{'fine-tuned':>12}{'random forest':>15}")
-    lines.append(f"{'OA':<16}{metrics['overall_accuracy']:>12.3f}{(rf['overall_accuracy'] if rf else float('nan')):>15.3f}")
-    lines.append(f"{'mIoU':<16}{metrics['miou']:>12.3f}{(rf['miou'] if rf else float('nan')):>15.3f}")
+    lines.append(f"{'OA':<16}{_cell(metrics['overall_accuracy'], 12, 3)}{_cell(rf.get('overall_accuracy'), 15, 3)}")
+    lines.append(f"{'mIoU':<16}{_cell(metrics['miou'], 12, 3)}{_cell(rf.get('miou'), 15, 3)}")
     for row in result["per_class"]:
-        fine = "n/a" if row["iou"] is None else f"{row['iou']:.3f}"
-        base = "n/a" if row["rf_iou"] is None else f"{row['rf_iou']:.3f}"
-        lines.append(f"{'IoU ' + row['name'][:12]:<16}{fine:>12}{base:>15}")
+        lines.append(f"{'IoU ' + row['name'][:12]:<16}{_cell(row['iou'], 12, 3)}{_cell(row.get('rf_iou'), 15, 3)}")
     return "\n".join(lines)
 
 

@@ -227,6 +227,11 @@ def train_segmentation(model: torch.nn.Module, train_scenes: list[LabelledScene]
         if list(state.get("class_names", [])) != list(class_names):
             raise InputError(f"checkpoint {checkpoint_path} was trained for classes {state.get('class_names')}, "
                              f"not {list(class_names)}; start without resume")
+        saved_freeze = (state.get("config") or {}).get("freeze_encoder")
+        if saved_freeze is not None and bool(saved_freeze) != bool(config.freeze_encoder):
+            raise InputError(f"checkpoint {checkpoint_path} was trained with the encoder "
+                             f"{'frozen' if saved_freeze else 'trainable'}; resume with the same freeze_encoder "
+                             "setting, or start without resume")
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputFile,
                        QgsProcessingOutputFolder, QgsProcessingOutputRasterLayer, QgsProcessingOutputString,
@@ -10,7 +11,8 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterMultipleLayers, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorLayer)
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
+                       QgsProcessingParameterVectorLayer)
 
 from .. import job_params
 from ..layer_sources import LayerSourceError, guess_date
@@ -203,8 +205,14 @@ class FinetuneAlgorithm(SkySenseAlgorithm):
 
     def shortHelpString(self):  # noqa: N802
         return ("Trains a SkySense land-cover model on your labelled polygons (a field holds the class). "
-                "With a frozen encoder only the decoder head is trained (fast, few labels needed). "
-                "Returns the new model file and its accuracy metrics (JSON).")
+                "By default the whole model is fine-tuned; with a frozen encoder only the decoder head is "
+                "trained (faster, safer with very few labels). "
+                "The backend saves a checkpoint (<name>_checkpoint.pth) in the output folder after every epoch: "
+                "to continue a run that was interrupted (e.g. the backend was killed), run again with Resume "
+                "ticked, the same output folder and output name, and the same raster, labels, class field, "
+                "epochs and encoder setting; "
+                "training goes on after the last saved epoch. "
+                "Returns the new model file (<name>.pth) and its accuracy metrics (JSON).")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster"))
@@ -214,14 +222,22 @@ class FinetuneAlgorithm(SkySenseAlgorithm):
         self.addParameter(_model_param("BASE_MODEL", "Base model (empty: bundled default)"))
         self.addParameter(QgsProcessingParameterNumber("EPOCHS", "Epochs", QgsProcessingParameterNumber.Integer,
                                                        10, minValue=1, maxValue=1000))
-        self.addParameter(QgsProcessingParameterBoolean("FREEZE_ENCODER", "Freeze the encoder", True))
+        self.addParameter(QgsProcessingParameterBoolean("FREEZE_ENCODER", "Freeze the encoder", False))
+        self.addParameter(QgsProcessingParameterString(
+            "NAME", "Output name (empty: finetune_<date>_<time>; needed to resume)", optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "RESUME", "Resume an interrupted run (same output folder and name) from its last saved epoch", False))
         self.addParameter(_device_param())
         self.addParameter(_folder_param())
         self.addOutput(QgsProcessingOutputFile("MODEL", "Fine-tuned model"))
         self.addOutput(QgsProcessingOutputString("METRICS", "Metrics (JSON)"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        name = job_params.job_name(self.kind)
+        resume = self.parameterAsBool(parameters, "RESUME", context)
+        name = self.parameterAsString(parameters, "NAME", context).strip()
+        if resume and not name:
+            raise QgsProcessingException("Resume needs the output name of the interrupted run (NAME).")
+        name = name or job_params.job_name(self.kind)
         params = _checked(lambda: job_params.finetune_params(
             self.parameterAsRasterLayer(parameters, "INPUT", context),
             self.parameterAsVectorLayer(parameters, "LABELS", context),
@@ -229,8 +245,13 @@ class FinetuneAlgorithm(SkySenseAlgorithm):
             self.parameterAsString(parameters, "OUTPUT_FOLDER", context), name,
             base_model=self.parameterAsFile(parameters, "BASE_MODEL", context) or None,
             epochs=self.parameterAsInt(parameters, "EPOCHS", context),
-            freeze_encoder=self.parameterAsBool(parameters, "FREEZE_ENCODER", context),
+            freeze_encoder=self.parameterAsBool(parameters, "FREEZE_ENCODER", context), resume=resume,
             device=DEVICE_OPTIONS[self.parameterAsEnum(parameters, "DEVICE", context)]))
+        checkpoint = job_params.finetune_checkpoint(params["output_dir"], params["name"])
+        if resume and not os.path.isfile(checkpoint):
+            raise QgsProcessingException(f"Nothing to resume: {checkpoint} does not exist (no epoch of a run named "
+                                         f"'{params['name']}' was completed in that folder). Untick Resume to "
+                                         "start a new run.")
         result = self.run_backend_job(params, feedback)
         model = next((o["path"] for o in result.get("outputs") or [] if o.get("kind") == "model"), None)
         return {"MODEL": model, "METRICS": json.dumps(result.get("metrics") or {})}

@@ -11,7 +11,7 @@ from qgis.PyQt.QtWidgets import (QDockWidget, QLabel, QPushButton, QScrollArea, 
 
 from ..backend_client import BackendError
 from ..backend_manager import BackendManager, BackendProcessError
-from ..job_params import job_name
+from ..job_params import finetune_checkpoint, job_name
 from ..job_task import SkySenseJobTask
 from ..layer_sources import LayerSourceError
 from ..result_layers import ResultLoadError, add_result_layers
@@ -186,9 +186,14 @@ class SkySenseDock(QDockWidget):
         if self.task is not None:
             self.notify("A SkySense job is already running; wait for it or cancel it.", Qgis.Warning)
             return None
-        name = job_name(kind)
+        name, output_dir = job_name(kind), self.output_dir.filePath()
+        if kind == "finetune" and page.resume.isChecked():
+            target = self._finetune_to_resume()
+            if target is None:
+                return None
+            output_dir, name = target
         try:
-            params = page.params(self.output_dir.filePath(), name)
+            params = page.params(output_dir, name)
         except (LayerSourceError, ValueError) as exc:
             self.notify(str(exc), Qgis.Critical, 10)
             return None
@@ -200,12 +205,27 @@ class SkySenseDock(QDockWidget):
             return None
         return self.submit(kind, params, name)
 
+    def _finetune_to_resume(self) -> Optional[tuple]:
+        """(output folder, name) of the interrupted fine-tune, or None after saying why it cannot resume."""
+        output_dir, name = self.settings.last_finetune()
+        untick = "Untick 'Resume the last interrupted run' to start a new fine-tune."
+        if not name:
+            self.notify(f"There is no interrupted fine-tune to resume. {untick}", Qgis.Warning, 0)
+            return None
+        checkpoint = finetune_checkpoint(output_dir, name)
+        if not os.path.isfile(checkpoint):
+            self.notify(f"Cannot resume the fine-tune '{name}': it has no checkpoint ({checkpoint} does not "
+                        f"exist; no epoch was completed, or the run was cancelled). {untick}", Qgis.Warning, 0)
+            return None
+        return output_dir, name
+
     def submit(self, kind: str, params: dict, name: str) -> SkySenseJobTask:
         task = SkySenseJobTask(f"SkySense {kind}: {name}", self.manager, kind, params)
         task.progressMessage.connect(self.job_panel.job_progress)
         task.succeeded.connect(lambda result, k=kind, n=name: self._job_succeeded(k, n, result))
-        task.failedWithError.connect(lambda ek, msg, k=kind: self._job_failed(k, ek, msg))
+        task.failedWithError.connect(lambda ek, msg, k=kind, p=params: self._job_failed(k, ek, msg, p))
         if kind == "finetune":
+            self.settings.set_last_finetune(params["output_dir"], params["name"])  # what "Resume" continues
             self.finetune.job_started()
             task.progressMessage.connect(lambda f, m: self.finetune.progress_message(m))
         self.task = task
@@ -228,6 +248,9 @@ class SkySenseDock(QDockWidget):
             self.notify(str(exc), Qgis.Critical, 0)
             return
         if kind == "finetune":
+            if self.settings.last_finetune()[1] == name:
+                self.settings.set_last_finetune("", "")  # finished: nothing left to resume
+            self.finetune.resume.setChecked(False)
             self.finetune.show_result(result)
             self.refresh_backend()
             model = result.get("model") or next(
@@ -243,13 +266,17 @@ class SkySenseDock(QDockWidget):
         if layers and kind != "finetune":
             self.iface.mapCanvas().refresh()
 
-    def _job_failed(self, kind: str, error_kind: str, message: str) -> None:
+    def _job_failed(self, kind: str, error_kind: str, message: str, params: Optional[dict] = None) -> None:
         self.task = None
         self.job_panel.job_ended(message, False)
         if error_kind == "cancelled":
             self.notify(message, Qgis.Info)
         elif error_kind == "died":
             detail = self.manager.exit_message() if self.manager.has_exited() else message
+            if (kind == "finetune" and params
+                    and os.path.isfile(finetune_checkpoint(params["output_dir"], params["name"]))):
+                detail += (" Its last completed epoch is saved: once the backend is back, tick 'Resume the last "
+                           "interrupted run' and press Fine-tune to continue from there.")
             self.offer_restart(f"The {kind} job stopped because the backend went away. {detail}")
         else:
             self.notify(f"The {kind} job failed: {message}", Qgis.Critical, 0)

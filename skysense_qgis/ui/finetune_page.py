@@ -62,8 +62,13 @@ class FinetunePage(QWidget):
         self.base_model = ModelChooser(["segmentation"])
         self.epochs = spin(10, 1, 1000)
         self.freeze = QCheckBox("Freeze the encoder")
-        self.freeze.setToolTip("Train the decoder head only: fast, and safer with few labels")
-        self.freeze.setChecked(True)
+        self.freeze.setToolTip("Train the decoder head only: faster, and safer with very few labels. "
+                               "Unticked, the whole model is fine-tuned (better with the small default model).")
+        self.freeze.setChecked(False)
+        self.resume = QCheckBox("Resume the last interrupted run")
+        self.resume.setToolTip("Continue the last fine-tune that stopped before finishing (e.g. the backend was "
+                               "killed) from its last saved epoch, in the same output folder and under the same "
+                               "name. Keep the same raster, labels, class field, epochs and encoder setting.")
         self.device = device_combo()
         self.run_button = QPushButton("Fine-tune")
         self.plot = LossPlot()
@@ -86,6 +91,7 @@ class FinetunePage(QWidget):
         f.addRow("Epochs", self.epochs)
         f.addRow("Device", self.device)
         f.addRow(self.freeze)
+        f.addRow(self.resume)
         layout.addWidget(box)
         layout.addWidget(self.run_button)
         layout.addWidget(self.plot)
@@ -97,7 +103,8 @@ class FinetunePage(QWidget):
         return job_params.finetune_params(
             self.raster.currentLayer(), self.labels.currentLayer(), self.class_field.currentField(),
             output_dir, name, base_model=self.base_model.model_path(), epochs=self.epochs.value(),
-            freeze_encoder=self.freeze.isChecked(), device=self.device.currentData())
+            freeze_encoder=self.freeze.isChecked(), resume=self.resume.isChecked(),
+            device=self.device.currentData())
 
     def job_started(self) -> None:
         self.plot.set_series([])
@@ -139,6 +146,8 @@ class FinetunePage(QWidget):
         baseline = metrics.get("random_forest")
         if isinstance(baseline, dict) and isinstance(baseline.get("overall_accuracy"), (int, float)):
             parts.append(f"random-forest baseline {100 * baseline['overall_accuracy']:.1f} %")
+        if metrics.get("resumed_from_epoch"):
+            parts.append(f"resumed after epoch {metrics['resumed_from_epoch']}")
         if model:
             parts.append(f"model saved to {model}")
         self.summary.setText("; ".join(parts))

@@ -80,6 +80,8 @@ class FakeBackend:
         self.server.server_close()
 
     def _run(self, job):
+        if job["kind"] == "finetune":
+            return self._run_finetune(job)
         start = time.monotonic()
         while time.monotonic() - start < self.job_seconds:
             if job["cancel"]:
@@ -98,6 +100,28 @@ class FakeBackend:
                    result={"outputs": [{"path": str(out), "kind": "raster", "role": "classes"},
                                        {"path": str(out.with_suffix(".png")), "kind": "image", "role": "preview"}],
                            "classes": LOVEDA_CLASSES, "metrics": {}, "device": "cpu"})
+
+    def _run_finetune(self, job):
+        """Like the real trainer: `<name>_checkpoint.pth` appears once an epoch is done; then `<name>.pth`."""
+        params = job["params"]
+        out = Path(params["output_dir"])
+        resumed = 1 if params.get("resume") and (out / f"{params['name']}_checkpoint.pth").exists() else 0
+        job.update(state="running", progress=0.1, message="epoch 1/2: loss 0.9")
+        (out / f"{params['name']}_checkpoint.pth").write_bytes(b"fake checkpoint")
+        deadline = time.monotonic() + self.job_seconds
+        while time.monotonic() < deadline:
+            if job["cancel"]:
+                job.update(state="cancelled", message="cancelled")
+                return
+            time.sleep(0.05)
+        model = out / f"{params['name']}.pth"
+        model.write_bytes(b"fake model")
+        job.update(state="done", progress=1.0, message="done",
+                   result={"outputs": [{"path": str(model), "kind": "model", "role": "model"}],
+                           "model": str(model), "device": "cpu",
+                           "loss_curve": [{"epoch": 1, "train_loss": 0.9, "val_loss": 1.0},
+                                          {"epoch": 2, "train_loss": 0.6, "val_loss": 0.8}],
+                           "metrics": {"overall_accuracy": 0.7, "miou": 0.5, "resumed_from_epoch": resumed}})
 
     def _handler(self):
         fake = self
@@ -193,7 +217,7 @@ def plugin_helpers():
     """Helper functions for the plugin tests (conftest cannot be imported under --import-mode=importlib)."""
     from types import SimpleNamespace
     return SimpleNamespace(LOVEDA_CLASSES=LOVEDA_CLASSES, write_class_raster=write_class_raster,
-                           write_georef_crop=write_georef_crop, wait_until=wait_until)
+                           write_georef_crop=write_georef_crop, wait_until=wait_until, FakeBackend=FakeBackend)
 
 
 DEFAULT_LANDCOVER_MODEL = ROOT / "resources" / "models" / "landcover_loveda_tiny.pth"

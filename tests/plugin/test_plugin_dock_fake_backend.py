@@ -237,3 +237,117 @@ def test_rectangle_and_polygon_tools_set_the_aoi_in_the_canvas_crs(plugin, qgis_
     poly_tool.canvasReleaseEvent(_mouse(qgis_canvas, QEvent.MouseButtonRelease, 0, 0, Qt.RightButton))
     ring = aoi.aoi()["geometry"]["coordinates"][0]
     assert len(ring) == 4 and ring[0] == ring[-1]
+
+
+# -- fine-tune: defaults and "Resume the last interrupted run" ------------------------------------
+def _warnings(iface):
+    return iface.messageBar().get_messages(Qgis.Warning)
+
+
+def _setup_finetune(plugin, raster_path):
+    labels = QgsVectorLayer("Polygon?crs=EPSG:32650&field=cls:string", "ft labels", "memory")
+    f = QgsFeature(labels.fields())
+    f.setGeometry(QgsGeometry.fromRect(QgsRectangle(500010, 3399940, 500060, 3399990)))
+    f.setAttributes(["forest"])
+    labels.dataProvider().addFeatures([f])
+    QgsProject.instance().addMapLayer(labels)
+    page = plugin.dock.finetune
+    page.raster.setLayer(_add_raster(raster_path, "ft raster"))
+    page.labels.setLayer(labels)
+    page.class_field.setField("cls")
+    page.device.setCurrentIndex(page.device.findData("cpu"))
+    plugin.dock.settings.set_last_finetune("", "")  # QgsSettings outlive a test
+    return page
+
+
+def _finetune_requests(fake):
+    return [body for path, body in fake.requests if path == "/jobs" and body["kind"] == "finetune"]
+
+
+def test_finetune_defaults_train_the_whole_model_and_do_not_resume(plugin, loveda_crop, tmp_path):
+    from skysense_qgis.job_params import finetune_params
+    page = _setup_finetune(plugin, loveda_crop)
+    assert not page.freeze.isChecked() and not page.resume.isChecked()
+    assert "last saved epoch" in page.resume.toolTip()
+    params = page.params(str(tmp_path / "out"), "finetune_x")
+    assert params["freeze_encoder"] is False and params["resume"] is False
+    defaults = finetune_params(page.raster.currentLayer(), page.labels.currentLayer(), "cls", str(tmp_path), "n")
+    assert defaults["freeze_encoder"] is False
+
+
+def test_killed_finetune_says_resume_and_resume_reuses_its_folder_and_name(plugin, fake_backend, loveda_crop,
+                                                                          plugin_helpers, tmp_path):
+    dock = plugin.dock
+    page = _setup_finetune(plugin, loveda_crop)
+    fake_backend.job_seconds = 30
+    page.run_button.click()
+    plugin_helpers.wait_until(lambda: dock.task is not None and dock.task.job_id, 15, "a submitted fine-tune")
+    (first,) = _finetune_requests(fake_backend)
+    first = first["params"]
+    assert first["name"].startswith("finetune_") and first["resume"] is False
+    checkpoint = tmp_path / "out" / f"{first['name']}_checkpoint.pth"
+    plugin_helpers.wait_until(checkpoint.exists, 15, "the first epoch's checkpoint")
+    fake_backend.close()  # the backend goes away mid-run
+    plugin_helpers.wait_until(lambda: dock.task is None, 30, "the job to notice the backend is gone")
+    assert dock.restart_button is not None
+    assert "tick 'Resume the last interrupted run'" in dock.backend.status.text()
+
+    # The backend is back (here: a new fake); the output folder was changed meanwhile.
+    back = plugin_helpers.FakeBackend(job_seconds=0.3)
+    try:
+        dock.manager.attach(BackendClient.for_port(back.port, back.token))
+        dock.output_dir.setFilePath(str(tmp_path / "elsewhere"))
+        page.resume.setChecked(True)
+        page.run_button.click()
+        plugin_helpers.wait_until(lambda: dock.task is None and dock.last_result is not None, 30, "the resumed run")
+        (resumed,) = _finetune_requests(back)
+        resumed = resumed["params"]
+    finally:
+        back.close()
+    assert resumed["resume"] is True
+    assert (resumed["name"], resumed["output_dir"]) == (first["name"], first["output_dir"])
+    assert "resumed after epoch 1" in page.summary.text()
+    assert not page.resume.isChecked()  # finished: nothing left to resume
+    assert dock.settings.last_finetune() == ("", "")
+
+
+def test_resume_without_a_checkpoint_says_so_and_submits_nothing(plugin, fake_backend, loveda_crop, tmp_path):
+    dock = plugin.dock
+    page = _setup_finetune(plugin, loveda_crop)
+    page.resume.setChecked(True)
+    page.run_button.click()
+    assert "There is no interrupted fine-tune to resume" in _warnings(plugin.iface)[-1]
+    dock.settings.set_last_finetune(str(tmp_path / "out"), "finetune_20240101_120000")
+    page.run_button.click()
+    message = _warnings(plugin.iface)[-1]
+    assert "Cannot resume the fine-tune 'finetune_20240101_120000': it has no checkpoint" in message
+    assert str(tmp_path / "out" / "finetune_20240101_120000_checkpoint.pth") in message
+    assert "Untick 'Resume the last interrupted run'" in message
+    assert dock.task is None and not _finetune_requests(fake_backend)
+
+
+def test_processing_finetune_resume_maps_to_resume_true(plugin, fake_backend, loveda_crop, tmp_path,
+                                                        qgis_processing):
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingException
+    page = _setup_finetune(plugin, loveda_crop)
+    alg = QgsApplication.processingRegistry().algorithmById("skysense:finetune")
+    assert alg.parameterDefinition("FREEZE_ENCODER").defaultValue() is False
+    assert alg.parameterDefinition("RESUME").defaultValue() is False
+    assert "Resume" in alg.shortHelpString() and "_checkpoint.pth" in alg.shortHelpString()
+    args = {"INPUT": page.raster.currentLayer(), "LABELS": page.labels.currentLayer(), "CLASS_FIELD": "cls",
+            "DEVICE": 1, "OUTPUT_FOLDER": str(tmp_path / "pout"), "NAME": "my_run", "RESUME": True}
+    with pytest.raises(QgsProcessingException, match="Nothing to resume: .*my_run_checkpoint.pth does not exist"):
+        processing.run("skysense:finetune", args)
+    with pytest.raises(QgsProcessingException, match="Resume needs the output name"):
+        processing.run("skysense:finetune", {**args, "NAME": ""})
+    assert not _finetune_requests(fake_backend)
+    (tmp_path / "pout").mkdir(exist_ok=True)
+    (tmp_path / "pout" / "my_run_checkpoint.pth").write_bytes(b"interrupted")
+    out = processing.run("skysense:finetune", args)
+    (body,) = _finetune_requests(fake_backend)
+    params = body["params"]
+    assert params["resume"] is True and params["name"] == "my_run" and params["freeze_encoder"] is False
+    assert params["output_dir"] == str(tmp_path / "pout") and out["MODEL"] == str(tmp_path / "pout" / "my_run.pth")
+    processing.run("skysense:finetune", {**args, "NAME": "", "RESUME": False})
+    assert _finetune_requests(fake_backend)[-1]["params"]["resume"] is False

@@ -211,16 +211,22 @@ def _bounds(ds):
     return [x0, y0, x0 + dx * ds.RasterXSize, y0 + dy * ds.RasterYSize]
 
 
+def _setup_finetune(plugin, crop, model, data_dir, tmp_path, epochs):
+    page = plugin.dock.finetune
+    page.raster.setLayer(_add(crop, "loveda"))
+    page.labels.setLayer(_add(_loveda_labels(data_dir, crop, tmp_path), "labels", "ogr"))
+    page.class_field.setField("cls")
+    page.base_model.set_model_path(str(model))
+    page.epochs.setValue(epochs)
+    page.device.setCurrentIndex(page.device.findData("cpu"))
+    plugin.dock.settings.set_last_finetune("", "")
+    return page
+
+
 def test_finetune_through_the_dock_shows_curve_accuracy_and_selects_the_model(
         real_plugin, loveda_crop, landcover_model, data_dir, tmp_path, plugin_helpers):
     dock = real_plugin.dock
-    page = dock.finetune
-    page.raster.setLayer(_add(loveda_crop, "loveda"))
-    page.labels.setLayer(_add(_loveda_labels(data_dir, loveda_crop, tmp_path), "labels", "ogr"))
-    page.class_field.setField("cls")
-    page.base_model.set_model_path(str(landcover_model))
-    page.epochs.setValue(1)
-    page.device.setCurrentIndex(page.device.findData("cpu"))
+    page = _setup_finetune(real_plugin, loveda_crop, landcover_model, data_dir, tmp_path, epochs=1)
     page.run_button.click()
     plugin_helpers.wait_until(lambda: dock.task is None and dock.job_panel.status.text() != "Starting the SkySense "
                               "backend…" and not dock._ready_timer.isActive(), 240, "the fine-tune job")
@@ -232,3 +238,33 @@ def test_finetune_through_the_dock_shows_curve_accuracy_and_selects_the_model(
     assert "Overall accuracy" in page.summary.text() and "random-forest baseline" in page.summary.text()
     assert dock.landcover.model.model_path() == model
     assert dock.last_group is None  # a model is not a map layer: no empty group
+
+
+def test_finetune_killed_after_an_epoch_resumes_from_its_checkpoint(
+        real_plugin, loveda_crop, landcover_model, data_dir, tmp_path, plugin_helpers):
+    dock = real_plugin.dock
+    page = _setup_finetune(real_plugin, loveda_crop, landcover_model, data_dir, tmp_path, epochs=2)
+    page.freeze.setChecked(True)  # decoder only: quicker epochs, same checkpoint/resume path
+    page.run_button.click()
+    plugin_helpers.wait_until(lambda: dock.settings.last_finetune()[1], 120, "the fine-tune to be submitted")
+    output_dir, name = dock.settings.last_finetune()
+    checkpoint = tmp_path / "results" / f"{name}_checkpoint.pth"
+    assert output_dir == str(tmp_path / "results")
+    plugin_helpers.wait_until(checkpoint.exists, 240, "the checkpoint of epoch 1")
+    os.kill(dock.manager.process.pid, signal.SIGKILL)  # during epoch 2
+    plugin_helpers.wait_until(lambda: dock.task is None, 60, "the plugin to notice the dead backend")
+    assert dock.last_result is None and dock.restart_button is not None
+    assert "tick 'Resume the last interrupted run'" in dock.backend.status.text()
+    dock.restart_button.click()
+    plugin_helpers.wait_until(lambda: dock.manager.is_ready(), 120, "the restarted backend")
+
+    page.resume.setChecked(True)
+    page.run_button.click()
+    plugin_helpers.wait_until(lambda: dock.task is None and not dock._ready_timer.isActive(), 240, "the resumed run")
+    result = dock.last_result
+    assert result is not None, dock.job_panel.status.text()
+    assert result["metrics"]["resumed_from_epoch"] == 1 and result["metrics"]["epochs_run"] == 2
+    assert [p["epoch"] for p in result["loss_curve"]] == [1, 2]
+    assert result["model"] == str(tmp_path / "results" / f"{name}.pth") and os.path.isfile(result["model"])
+    assert "resumed after epoch 1" in page.summary.text()
+    assert dock.settings.last_finetune() == ("", "")

@@ -73,7 +73,7 @@ def test_cli_help_lists_every_command():
     ("landcover", ["--hr", "--tile-size", "--output-dir", "--no-vectorize", "--aoi", "--s2"]),
     ("change", ["--pre", "--post", "--threshold", "--landcover-model"]),
     ("damage", ["--buildings", "--ring-m"]),
-    ("finetune", ["--raster", "--labels", "--class-field", "--epochs", "--freeze-encoder"]),
+    ("finetune", ["--raster", "--labels", "--class-field", "--epochs", "--freeze-encoder", "--resume", "--json"]),
     ("export", ["--source", "--dest", "--format", "--layer"]),
     ("landcover", ["--confidence", "--allow-pixel-grid"]),
 ])
@@ -124,6 +124,60 @@ def test_cli_bad_input_exits_2_with_message(tmp_path, scene, args, words, capsys
     code, _, stderr = _main(capsys, *args)
     assert code == 2, stderr
     assert "error:" in stderr and words in stderr
+
+
+def _two_class_scene(tmp_path):
+    """A 128 px scene (dark left half, bright right half) and four labelled squares, two per class."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 80, (3, 128, 128), dtype=np.uint8)
+    image[:, :, 64:] += 120
+    x0, y0, px = 360000.0, 4105000.0, 0.5
+    raster = tmp_path / "ft_scene.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=128, height=128, count=3, dtype="uint8",
+                       crs="EPSG:32615", transform=from_origin(x0, y0, px, px)) as ds:
+        ds.write(image)
+
+    def square(col, row):
+        xa, ya, xb, yb = x0 + col * px, y0 - row * px, x0 + (col + 60) * px, y0 - (row + 60) * px
+        return {"type": "Polygon", "coordinates": [[(xa, ya), (xb, ya), (xb, yb), (xa, yb), (xa, ya)]]}
+
+    labels = tmp_path / "ft_labels.gpkg"
+    with fiona.open(labels, "w", driver="GPKG", crs="EPSG:32615",
+                    schema={"geometry": "Polygon", "properties": {"cls": "str"}}) as dst:
+        for col, row, name in ((2, 2, "water"), (2, 66, "water"), (66, 2, "forest"), (66, 66, "forest")):
+            dst.write(fiona.Feature(geometry=fiona.Geometry.from_dict(square(col, row)),
+                                    properties=fiona.Properties.from_dict({"cls": name})))
+    return raster, labels
+
+
+def test_cli_finetune_prints_the_summary_table_and_resumes(tmp_path, tiny_model, capsys):
+    raster, labels = _two_class_scene(tmp_path)
+    common = ["finetune", "--raster", raster, "--labels", labels, "--class-field", "cls", "--base-model", tiny_model,
+              "--output-dir", tmp_path / "ft", "--name", "cli_ft", "--freeze-encoder", "--chip-size", 64,
+              "--chips-per-epoch", 2, "--batch-size", 2, "--rf-trees", 5, "--device", "cpu", "--quiet"]
+    code, stdout, stderr = _main(capsys, *common, "--epochs", 1, "--json")
+    assert code == 0, stderr
+    first = json.loads(stdout)  # --json: the whole result, as before
+    assert first["metrics"]["epochs_run"] == 1 and Path(first["checkpoint"]).name == "cli_ft_checkpoint.pth"
+
+    code, stdout, stderr = _main(capsys, *common, "--epochs", 2, "--resume")
+    assert code == 0, stderr
+    lines = stdout.splitlines()  # the same table as python -m backend.trainers.finetune
+    assert lines[0] == f"model: {tmp_path / 'ft' / 'cli_ft.pth'}"
+    assert lines[1] == f"resumed after epoch 1 from {first['checkpoint']}"
+    assert lines[2].split() == ["epoch", "train_loss", "val_loss", "val_mIoU"]
+    assert [line.split()[0] for line in lines[3:5]] == ["1", "2"]
+    assert float(lines[3].split()[1]) == pytest.approx(first["loss_curve"][0]["train_loss"], abs=1e-4)
+    assert lines[5].split() == ["fine-tuned", "random", "forest"]
+    assert lines[6].startswith("OA") and lines[7].startswith("mIoU")
+    assert sorted(line.split()[1] for line in lines[8:]) == ["forest", "water"]  # IoU per class
+    assert not stdout.lstrip().startswith("{")
+
+    # Resuming with the other encoder setting is refused in plain words (the optimizer state would not fit).
+    no_freeze = [a for a in common if a != "--freeze-encoder"]
+    code, _, stderr = _main(capsys, *no_freeze, "--epochs", 2, "--resume")
+    assert code == 2 and "was trained with the encoder frozen" in stderr and "start without resume" in stderr
+    assert (tmp_path / "ft" / "cli_ft_checkpoint.pth").is_file()  # still there to resume properly
 
 
 def test_cli_bad_input_process_exit_code(tmp_path):
