@@ -324,6 +324,7 @@ def test_resume_without_a_checkpoint_says_so_and_submits_nothing(plugin, fake_ba
     assert str(tmp_path / "out" / "finetune_20240101_120000_checkpoint.pth") in message
     assert "Untick 'Resume the last interrupted run'" in message
     assert dock.task is None and not _finetune_requests(fake_backend)
+    dock.settings.set_last_finetune("", "")  # leave no made-up run in the QGIS settings
 
 
 def test_processing_finetune_resume_maps_to_resume_true(plugin, fake_backend, loveda_crop, tmp_path,
