@@ -1,9 +1,10 @@
-"""One engine run in a fresh process, reporting its peak resident memory (ru_maxrss).
+"""One engine (or plain-loop) run in a fresh process, reporting its peak resident memory.
 
 Run by benchmarks.run_all in a subprocess so each measurement starts from a clean process.
 Peak = VmHWM from /proc/self/status (the resident high-water mark of this process image, reset at
 exec); ru_maxrss is the fallback off Linux, but on Linux it starts at the parent's size at fork.
-  python -m benchmarks.memory_probe RASTER OUT --model dummy|tiny [--tile 512 --overlap 64 --batch 4]
+  python -m benchmarks.memory_probe RASTER OUT --model dummy|tiny [--runner engine|loop]
+                                    [--tile 512 --overlap 64 --batch 4]
 Prints one JSON line: {"peak_rss_mb", "baseline_rss_mb", "seconds", "megapixels", "tiles"}.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("raster")
     ap.add_argument("out")
     ap.add_argument("--model", choices=["dummy", "tiny"], default="dummy")
+    ap.add_argument("--runner", choices=["engine", "loop"], default="engine")
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--batch", type=int, default=4)
@@ -58,11 +60,21 @@ def main(argv=None) -> int:
         predictor([torch.zeros(1, 3, 64, 64).numpy()])
     baseline = _current_mb()
     started = time.perf_counter()
-    result = run_inference([EngineInput(args.raster, mean=[128.0] * 3, std=[64.0] * 3)], predictor, args.out,
-                           list(range(1, 8)), tile_size=args.tile, overlap=args.overlap, batch_size=args.batch)
+    norm = dict(mean=[128.0] * 3, std=[64.0] * 3)
+    if args.runner == "loop":
+        from benchmarks.baseline_loop import plain_tile_loop
+        import rasterio
+        tiles = plain_tile_loop(args.raster, args.out, model, list(range(1, 8)), tile=args.tile, overlap=args.overlap,
+                                **norm)
+        with rasterio.open(args.raster) as src:
+            megapixels = src.width * src.height / 1e6
+    else:
+        result = run_inference([EngineInput(args.raster, **norm)], predictor, args.out, list(range(1, 8)),
+                               tile_size=args.tile, overlap=args.overlap, batch_size=args.batch)
+        tiles, megapixels = result.tiles, result.megapixels
     print(json.dumps({"peak_rss_mb": round(_peak_mb(), 1), "baseline_rss_mb": round(baseline, 1),
-                      "seconds": round(time.perf_counter() - started, 2), "megapixels": result.megapixels,
-                      "tiles": result.tiles}))
+                      "seconds": round(time.perf_counter() - started, 2), "megapixels": megapixels,
+                      "tiles": tiles}))
     return 0
 
 
