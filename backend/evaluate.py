@@ -1,9 +1,12 @@
 """`make eval`: accuracy tables on the real sample data.
 
-1. Land cover: the committed default model on the held-out LoveDA tile (never used in training), mapped
-   through the product's own land-cover pipeline on the georeferenced tile.
+1. Land cover: the committed default model on the held-out strips of the LoveDA tiles (the right-most columns
+   of each tile, never used in training; see train_defaults.split_regions), each strip written as its own
+   georeferenced GeoTIFF and mapped through the product's own land-cover pipeline; one confusion matrix.
 2. Fine-tuning vs random forest: polygons digitised (polygonised from the mask, shrunk inwards) on the left
-   half of the held-out tile; both methods scored on held-out whole polygons and on the untouched right half.
+   half of tile 2; both methods scored on held-out whole polygons and, densely, on tile 2's held-out strip,
+   which neither the polygons nor the default (base) model's training touched. The held-out polygons lie
+   inside the default model's training region, so that figure flatters the fine-tuned model.
 3. Change detection / damage: the change engineer's evaluators when present.
 """
 from __future__ import annotations
@@ -44,33 +47,58 @@ def _scores_against_mask(prediction_values: np.ndarray, mask: np.ndarray, classe
     return accumulator.scores([c["name"] for c in classes])
 
 
+def _write_window(source_tif: Path, window, out_tif: Path) -> Path:
+    """A georeferenced GeoTIFF of a (row slice, column slice) window of another one."""
+    import rasterio
+    from rasterio.windows import Window
+
+    rows, cols = window
+    box = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+    with rasterio.open(source_tif) as src:
+        profile = {**src.profile, "width": box.width, "height": box.height,
+                   "transform": src.window_transform(box)}
+        data = src.read(window=box)
+    with rasterio.open(out_tif, "w", **profile) as dst:
+        dst.write(data)
+    return out_tif
+
+
 def landcover_row(data_dir: Path, work: Path, model_path: Path) -> dict:
-    """Default model through run_landcover on the georeferenced held-out tile."""
+    """Default model through run_landcover on each tile's held-out strip (mapped on its own); one score."""
     import rasterio
     from backend.datasets.loveda import georeference_loveda, read_loveda_tile
     from backend.pipelines.landcover import run_landcover
-    from backend.trainers.train_defaults import HELDOUT_TILE
+    from backend.trainers.train_defaults import TEST_COLS, TILES, heldout_window
 
-    (image_tif, _), = georeference_loveda(data_dir, work / "loveda", tile_ids=[HELDOUT_TILE])
-    started = time.perf_counter()
-    result = run_landcover({"hr": [{"path": str(image_tif)}], "model": str(model_path), "output_dir": str(work / "lc"),
-                            "name": "heldout", "vectorize": False, "device": "cpu"})
-    seconds = time.perf_counter() - started
-    raster = next(o["path"] for o in result["outputs"] if o["role"] == "classes")
-    with rasterio.open(raster) as src:
-        predicted = src.read(1)
-    _, mask = read_loveda_tile(data_dir, HELDOUT_TILE)
-    scores = _scores_against_mask(predicted, mask, result["classes"])
+    predictions, masks, seconds = [], [], 0.0
+    for image_tif, _ in georeference_loveda(data_dir, work / "loveda", tile_ids=list(TILES)):
+        tile_id = image_tif.stem.split("_")[1]
+        _, mask = read_loveda_tile(data_dir, tile_id)
+        window = heldout_window(*mask.shape)
+        strip_tif = _write_window(image_tif, window, work / "loveda" / f"loveda_{tile_id}_heldout.tif")
+        started = time.perf_counter()
+        result = run_landcover({"hr": [{"path": str(strip_tif)}], "model": str(model_path),
+                                "output_dir": str(work / "lc"), "name": f"heldout_{tile_id}", "vectorize": False,
+                                "device": "cpu"})
+        seconds += time.perf_counter() - started
+        raster = next(o["path"] for o in result["outputs"] if o["role"] == "classes")
+        with rasterio.open(raster) as src:
+            predictions.append(src.read(1))
+        masks.append(mask[window])
+    mask = np.concatenate(masks, axis=1)
+    scores = _scores_against_mask(np.concatenate(predictions, axis=1), mask, result["classes"])
     scores["seconds"] = round(seconds, 1)
     # Reference point: a map that is one class everywhere (the most frequent one) scores this OA.
     counts = np.bincount(mask[mask > 0].ravel())
     scores["majority_class_oa"] = float(counts.max() / counts.sum())
-    scores["dataset"] = f"LoveDA tile {HELDOUT_TILE} (held out), {mask.shape[1]}x{mask.shape[0]} px"
+    scores["dataset"] = (f"LoveDA tiles {', '.join(TILES)}, held-out strips (right-most {TEST_COLS} columns of each, "
+                         f"{mask.shape[0]}x{TEST_COLS} px, each mapped on its own)")
     return scores
 
 
 def finetune_rows(data_dir: Path, work: Path, model_path: Path, epochs: int) -> dict:
-    """Fine-tune the default model and a random forest on polygons from the left half of the held-out tile."""
+    """Fine-tune the default model and a random forest on polygons from the left half of tile 2; dense scores on
+    tile 2's held-out strip."""
     import rasterio
     from rasterio.windows import Window
     from backend.datasets.chips import normalise
@@ -79,18 +107,20 @@ def finetune_rows(data_dir: Path, work: Path, model_path: Path, epochs: int) -> 
     from backend.trainers.finetune import finetune_on_polygons, load_base_model
     from backend.trainers.predict import predict_classes
     from backend.trainers.random_forest import predict_scene, train_random_forest
-    from backend.trainers.train_defaults import HELDOUT_TILE
+    from backend.trainers.train_defaults import heldout_window
 
-    (image_tif, mask_tif), = georeference_loveda(data_dir, work / "loveda", tile_ids=[HELDOUT_TILE])
+    tile_id = "2"
+    (image_tif, mask_tif), = georeference_loveda(data_dir, work / "loveda", tile_ids=[tile_id])
     # Sparse "digitising": up to 10 pieces per class, cut on a 128 px grid, shrunk 0.9 m from class borders.
     labels = loveda_polygons(mask_tif, work / "user_polygons.gpkg", window=Window(0, 0, 512, 1024),
                              min_pixels=300, shrink=0.9, crs="EPSG:4326", cell=128, max_per_class=10)
     result = finetune_on_polygons(image_tif, labels, "class", work / "finetune", name="finetuned",
                                   base_model=model_path, epochs=epochs, chips_per_epoch=32, patience=4,
                                   compare_random_forest=True)
-    # Dense accuracy on the right half, which no polygon touches.
-    image, mask = read_loveda_tile(data_dir, HELDOUT_TILE)
-    right_image, right_mask = image[:, :, 512:], mask[:, 512:]
+    # Dense accuracy on the held-out strip, which neither the polygons nor the default model's training touched.
+    image, mask = read_loveda_tile(data_dir, tile_id)
+    window = heldout_window(*mask.shape)
+    right_image, right_mask = image[(slice(None), *window)], mask[window]
     model, meta = load_base_model(result["model"])
     norm = meta["normalization"]["hr"]
     classes = result["classes"]
@@ -109,7 +139,7 @@ def finetune_rows(data_dir: Path, work: Path, model_path: Path, epochs: int) -> 
         "polygons": {"train": len(result["train_polygons"]), "val": len(result["val_polygons"])},
         "heldout_polygons": {"finetuned": result["metrics"], "random_forest": result["metrics"]["random_forest"]},
         "per_class": result["per_class"],
-        "right_half": {"finetuned": _scores_against_mask(fine_pred, right_mask, classes),
+        "heldout_strip": {"finetuned": _scores_against_mask(fine_pred, right_mask, classes),
                        "random_forest": _scores_against_mask(rf_pred, right_mask, classes),
                        "default_model": _scores_against_mask(base_pred, right_mask, base_meta["classes"])},
         "loss_curve": result["loss_curve"],
@@ -148,7 +178,7 @@ def change_rows(data_dir: Path) -> dict:
 
 def print_report(report: dict) -> None:
     lc = report.get("landcover")
-    print("\n=== Land cover: default model, held-out LoveDA tile (product pipeline) ===")
+    print("\n=== Land cover: default model, held-out LoveDA strips (product pipeline) ===")
     if lc and "note" not in lc:
         print(f"model {report['model']}\n{lc['dataset']}, mapped in {lc['seconds']} s")
         print(f"OA {_fmt(lc['overall_accuracy'])}   mIoU {_fmt(lc['miou'])}   kappa {_fmt(lc['kappa'])}   "
@@ -161,21 +191,21 @@ def print_report(report: dict) -> None:
         print(lc["note"] if lc else "not run")
 
     ft = report.get("finetune")
-    print("\n=== Fine-tuning vs random forest: polygons on the left half of the held-out tile ===")
+    print("\n=== Fine-tuning vs random forest: polygons on the left half of LoveDA tile 2 ===")
     if ft and "note" not in ft:
         print(f"{ft['polygons']['train']} training / {ft['polygons']['val']} validation polygons; "
               f"{ft['epochs_run']} epochs")
         fine, forest = ft["heldout_polygons"]["finetuned"], ft["heldout_polygons"]["random_forest"]
-        right = ft["right_half"]
+        right = ft["heldout_strip"]
         print(f"{'':<34}{'fine-tuned':>12}{'random forest':>15}{'default model':>15}")
         print(f"{'OA, held-out polygons':<34}{_fmt(fine['overall_accuracy']):>12}{_fmt(forest['overall_accuracy']):>15}{'':>15}")
         print(f"{'mIoU, held-out polygons':<34}{_fmt(fine['miou']):>12}{_fmt(forest['miou']):>15}{'':>15}")
-        print(f"{'OA, right half (dense)':<34}{_fmt(right['finetuned']['overall_accuracy']):>12}"
+        print(f"{'OA, held-out strip (dense)':<34}{_fmt(right['finetuned']['overall_accuracy']):>12}"
               f"{_fmt(right['random_forest']['overall_accuracy']):>15}{_fmt(right['default_model']['overall_accuracy']):>15}")
-        print(f"{'mIoU, right half (dense)':<34}{_fmt(right['finetuned']['miou']):>12}"
+        print(f"{'mIoU, held-out strip (dense)':<34}{_fmt(right['finetuned']['miou']):>12}"
               f"{_fmt(right['random_forest']['miou']):>15}{_fmt(right['default_model']['miou']):>15}")
         for index, cls in enumerate(ft["classes"]):
-            print(f"{'IoU ' + cls['name'] + ', right half':<34}{_fmt(right['finetuned']['iou'][index]):>12}"
+            print(f"{'IoU ' + cls['name'] + ', strip':<34}{_fmt(right['finetuned']['iou'][index]):>12}"
                   f"{_fmt(right['random_forest']['iou'][index]):>15}{'':>15}")
         print("loss curve: " + ", ".join(f"{p['epoch']}: {p['train_loss']:.3f}/{p['val_loss']:.3f}"
                                          for p in ft["loss_curve"]) + "  (epoch: train/val loss)")
