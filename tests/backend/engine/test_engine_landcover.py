@@ -137,7 +137,7 @@ def test_sentinel_series_are_handed_to_the_temporal_pipeline(monkeypatch, tmp_pa
 
 
 def test_runtime_choice(monkeypatch, tmp_path):
-    """auto: PyTorch for small CPU jobs, ONNX Runtime (exported once, cached) for jobs of 4+ MP of compute."""
+    """auto without hardware bf16: PyTorch for small CPU jobs, ONNX Runtime (exported once, cached) for big ones."""
     import torch
     from backend.inference import runtime
     from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor
@@ -151,9 +151,9 @@ def test_runtime_choice(monkeypatch, tmp_path):
     assert isinstance(small, TorchPredictor) and small.precision == "fp32"
     model_path = tmp_path / "weights.bin"
     model_path.write_bytes(b"stand-in for a model file: only its hash keys the cache")
-    assert isinstance(runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=100,
-                                             model_path=model_path), TorchPredictor)  # 0.4 MP: not worth exporting
-    big = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=1000, model_path=model_path)
+    assert isinstance(runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=9000,
+                                             model_path=model_path), TorchPredictor)  # 37 MP: not worth exporting
+    big = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=10000, model_path=model_path)
     assert isinstance(big, OnnxRuntimePredictor) and big.fixed_tile_size == 64
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
     x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
