@@ -254,8 +254,8 @@ def test_memory_grows_only_by_label_rows_with_raster_width(make_raster, tmp_path
     peak_wide = _peak_bytes(wide, tmp_path / "w.tif")
     # 16x the width: only uint8 label rows may grow: the writer's block-row buffer (400 x 8192 = 3.3 MB)
     # and the few 96-row strips in flight (0.8 MB each). Whole-width reads (3 bands + mask per strip)
-    # or int64 class counting over whole strips would add 6+ MB more.
-    assert peak_wide < peak_narrow + 7_500_000, (peak_narrow, peak_wide)
+    # or int64 class counting over whole strips would add 6+ MB more (13.8 MB measured before the fix).
+    assert peak_wide < peak_narrow + 8_500_000, (peak_narrow, peak_wide)
 
 
 def test_two_inputs_in_different_crs_are_aligned_on_the_first(data_dir, tmp_path):
