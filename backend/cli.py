@@ -5,6 +5,7 @@
     python -m backend.cli finetune --raster r.tif --labels l.gpkg --class-field cls --output-dir out/ [--resume]
     python -m backend.cli serve --port 0 --state-file state.json
     python -m backend.cli models
+    python -m backend.cli export-onnx model.pth model.onnx [--tile-size 512]
 
 Flags are generated from the job's pydantic params model (``--tile-size`` for
 ``tile_size``...), so the CLI accepts exactly what the HTTP API accepts.
@@ -288,7 +289,42 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("server_args", nargs=argparse.REMAINDER)
     models = sub.add_parser("models", help="list the project's and the user's model files as JSON")
     models.add_argument("--models-dir", help="user model folder")
+    onnx = sub.add_parser("export-onnx", help="export a model file (.pth) to .onnx for ONNX Runtime, keeping its "
+                          "metadata (classes, bands, normalisation)",
+                          description="Export a segmentation, change or damage model file to ONNX (fixed tile "
+                                      "size, dynamic batch). The .onnx file can be chosen as 'model' in any job "
+                                      "and is listed by 'models'.")
+    onnx.add_argument("model", help="project model file (.pth)")
+    onnx.add_argument("out", help="ONNX file to write (.onnx)")
+    onnx.add_argument("--tile-size", type=int, default=None,
+                      help="tile size of the graph, a multiple of 32 (default: the model file's tile_size, else 512)")
     return parser
+
+
+def export_onnx_command(model_path: str, out_path: str, tile_size: Optional[int] = None) -> int:
+    """`export-onnx MODEL.pth OUT.onnx [--tile-size N]`: prints {"path", "task", "tile_size", "inputs"}."""
+    from pathlib import Path
+
+    from models.checkpoint import CheckpointError, load_model_file
+    from models.onnx_export import OnnxExportError, export_onnx, read_onnx_meta
+
+    src, dest = Path(model_path).absolute(), Path(out_path).absolute()
+    if not src.is_file():
+        return _fail(EXIT_BAD_INPUT, f"model file not found: {src}")
+    if src.suffix.lower() == ".onnx":
+        return _fail(EXIT_BAD_INPUT, f"{src} is already an ONNX model; export-onnx needs a project model file (.pth)")
+    if dest.suffix.lower() != ".onnx":
+        return _fail(EXIT_BAD_INPUT, f"the output file must end in .onnx, got {dest.name}")
+    try:
+        model, meta = load_model_file(src)
+        tile = int(tile_size or meta.get("tile_size") or 512)
+        export_onnx(model, dest, tile_size=tile, in_chans=getattr(model, "in_chans", None), meta=meta)
+        written = read_onnx_meta(dest)
+    except (CheckpointError, OnnxExportError) as exc:
+        return _fail(EXIT_BAD_INPUT, str(exc))
+    print(json.dumps({"path": str(dest), "task": written["task"], "tile_size": written["tile_size"],
+                      "inputs": written["inputs"], "classes": len(written.get("classes") or [])}, indent=2))
+    return EXIT_OK
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -304,6 +340,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         index = ModelIndex(user_dir=Path(args.models_dir) if args.models_dir else None)
         print(json.dumps(index.list(), indent=2))
         return EXIT_OK
+    if args.command == "export-onnx":
+        return export_onnx_command(args.model, args.out, args.tile_size)
     return run_kind(args.command, args)
 
 

@@ -19,6 +19,8 @@ from backend.errors import InputError, OutputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS_DIR = REPO_ROOT / "resources" / "models"
+# The one list of model-file suffixes: the model listings (here and GET /models) and installs use it.
+MODEL_SUFFIXES = (".pth", ".pt", ".onnx")
 _CHUNK = 1 << 20
 
 
@@ -38,18 +40,39 @@ class ModelEntry:
     source: str  # "bundled" or "user"
 
 
+def is_model_file(path: Path) -> bool:
+    return Path(path).suffix.lower() in MODEL_SUFFIXES and Path(path).is_file()
+
+
+def model_files_in(folder: Path) -> list[Path]:
+    """Model files (MODEL_SUFFIXES) directly inside `folder`, sorted by name; [] if it is no folder."""
+    folder = Path(folder)
+    return [p for p in sorted(folder.iterdir()) if is_model_file(p)] if folder.is_dir() else []
+
+
 def list_model_files(dirs: Optional[Iterable[Path]] = None) -> list[ModelEntry]:
-    """Model files (*.pth, *.onnx) in the bundled and user folders, bundled first."""
+    """Model files (*.pth, *.pt, *.onnx) in the bundled and user folders, bundled first."""
     dirs = list(dirs) if dirs is not None else model_dirs()
     entries = []
     for folder in dirs:
         if not folder.is_dir():
             continue
         source = "bundled" if folder.resolve() == BUNDLED_MODELS_DIR.resolve() else "user"
-        for path in sorted(folder.iterdir()):
-            if path.suffix in (".pth", ".onnx") and path.is_file():
-                entries.append(ModelEntry(path=path, source=source))
+        entries.extend(ModelEntry(path=path, source=source) for path in model_files_in(folder))
     return entries
+
+
+def read_model_meta(path: os.PathLike | str) -> dict:
+    """Metadata of any model file without building the model: .onnx through
+    models.onnx_export.read_onnx_meta (no session), others through models.checkpoint.read_model_meta
+    (torch.load(weights_only=True)). Same dict shape either way (task, classes, bands, normalization,
+    tile_size, gsd, metrics...); errors (CheckpointError / OnnxExportError) name the file."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        from models.onnx_export import read_onnx_meta
+        return read_onnx_meta(path)
+    from models.checkpoint import read_model_meta as read_checkpoint_meta
+    return read_checkpoint_meta(path)
 
 
 def sha256_of(path: Path) -> str:
@@ -71,8 +94,8 @@ def _destination(name: str, dest_dir: Optional[Path]) -> Path:
     clean = Path(name).name
     if not clean or clean in (".", "..") or clean != name:
         raise InputError(f"model name {name!r} must be a plain file name")
-    if Path(clean).suffix not in (".pth", ".onnx"):
-        raise InputError(f"model name {name!r} must end in .pth or .onnx")
+    if Path(clean).suffix.lower() not in MODEL_SUFFIXES:
+        raise InputError(f"model name {name!r} must end in {', '.join(MODEL_SUFFIXES)}")
     folder = dest_dir or user_models_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return folder / clean

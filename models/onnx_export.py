@@ -72,14 +72,56 @@ def _finalise(tmp: str, meta: Optional[Mapping[str, Any]], tile_size: int, task:
     import onnx
 
     proto = onnx.load(tmp)
-    info = {"tile_size": tile_size, "task": task}
-    if meta:
-        info.update({k: v for k, v in meta.items() if k != "state_dict"})
+    info = {k: v for k, v in (meta or {}).items() if k != "state_dict"}
+    info.update(tile_size=tile_size, task=task)  # what the graph is, whatever the model file's meta said
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(info, default=str)
     if check:
         onnx.checker.check_model(proto)
     onnx.save(proto, tmp)
+
+
+def read_onnx_meta(path: PathLike) -> Dict[str, Any]:
+    """The SkySense metadata of an exported .onnx file, without building an onnxruntime session.
+
+    Same shape as ``models.checkpoint.read_model_meta`` for .pth files (task, classes, bands,
+    normalization, tile_size, gsd, metrics...), plus ``"runtime": "onnx"`` and ``"inputs"`` (the graph's
+    input names). ``tile_size`` and ``in_chans`` come from the graph itself (fixed at export).
+    Raises OnnxExportError naming the file: unreadable, exported without SkySense metadata, or
+    inputs that do not match the task.
+    """
+    import onnx
+
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise OnnxExportError(f"{path.name} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_KEY not in props:
+        raise OnnxExportError(f"{path.name} was exported without SkySense metadata (no '{META_KEY}' entry): "
+                              "re-export it from the .pth model file with `python -m backend.cli export-onnx`")
+    try:
+        meta = json.loads(props[META_KEY])
+    except ValueError as exc:
+        raise OnnxExportError(f"{path.name}: its '{META_KEY}' metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise OnnxExportError(f"{path.name}: its '{META_KEY}' metadata is not a JSON object")
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    names = [i.name for i in inputs]
+    task = meta.get("task")
+    if task not in INPUT_NAMES:
+        raise OnnxExportError(f"{path.name}: unknown task {task!r} in its metadata (expected one of {sorted(INPUT_NAMES)})")
+    if names != INPUT_NAMES[task]:
+        raise OnnxExportError(f"{path.name}: a {task!r} model needs inputs {INPUT_NAMES[task]}, the graph has {names}")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) == 4 and dims[2]:
+        meta["tile_size"] = int(dims[2])
+    if len(dims) == 4 and dims[1]:
+        meta["in_chans"] = int(dims[1])
+    meta.update(runtime="onnx", inputs=names)
+    return meta
 
 
 def available_providers(device: str = "auto") -> List[str]:

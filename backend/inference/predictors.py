@@ -7,6 +7,7 @@ Attributes used by the engine when present: `device` (str).
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -14,8 +15,8 @@ import torch
 
 from backend.errors import InputError
 
-__all__ = ["resolve_device", "cpu_has_native_bf16", "TorchPredictor", "OnnxRuntimePredictor", "FlipTTA",
-           "as_predictor"]
+__all__ = ["resolve_device", "cpu_has_native_bf16", "TorchPredictor", "OnnxRuntimePredictor", "onnx_providers",
+           "FlipTTA", "as_predictor"]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -86,8 +87,30 @@ class TorchPredictor:
         return out if self.as_tensor else out.cpu().numpy()
 
 
+def onnx_providers(device: str = "auto") -> list:
+    """onnxruntime providers for a device: "cpu" -> CPU only; "auto" -> CUDA first when onnxruntime
+    offers it; "cuda" / "cuda:N" -> CUDA (device N), an InputError when onnxruntime has no CUDA provider."""
+    import onnxruntime as ort
+
+    device = (device or "auto").lower()
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "auto":
+        return (["CUDAExecutionProvider"] if has_cuda else []) + ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if not has_cuda:
+            raise InputError("device 'cuda' was requested but this onnxruntime has no CUDA provider "
+                             "(install onnxruntime-gpu, or use 'auto' or 'cpu')")
+        index = device.partition(":")[2]
+        return [("CUDAExecutionProvider", {"device_id": int(index)}) if index.isdigit() else "CUDAExecutionProvider",
+                "CPUExecutionProvider"]
+    raise InputError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda'")
+
+
 class OnnxRuntimePredictor:
-    """Runs an ONNX model with onnxruntime (CUDA provider when available and asked for).
+    """Runs an ONNX model with onnxruntime: the CUDA provider only when asked for ("cuda") or, with
+    "auto", when onnxruntime offers it; "cpu" never touches CUDA (see onnx_providers).
 
     `session_or_path`: an onnxruntime.InferenceSession, a path to a .onnx file, or any object with
     a `run(None, feeds)`-style session attribute (e.g. models.onnx_export.OnnxPredictor.session)."""
@@ -101,12 +124,13 @@ class OnnxRuntimePredictor:
         elif hasattr(session_or_path, "session"):
             self.session = session_or_path.session
         else:
-            providers = ["CPUExecutionProvider"]
-            if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
+            providers = onnx_providers(device)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             self.session = ort.InferenceSession(str(session_or_path), options, providers=providers)
+            if str(device).lower().startswith("cuda") and "CUDAExecutionProvider" not in self.session.get_providers():
+                raise InputError(f"device 'cuda' was requested but onnxruntime could not start CUDA for "
+                                 f"{Path(str(session_or_path)).name}; use 'auto' or 'cpu'")
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self.precision = "fp32, ONNX Runtime"
         self.input_names = [i.name for i in self.session.get_inputs()]

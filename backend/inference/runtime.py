@@ -13,12 +13,12 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from backend.errors import InputError
 from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor, cpu_has_native_bf16, resolve_device
 
-__all__ = ["make_predictor", "onnx_cache_dir", "ONNX_MIN_MEGAPIXELS"]
+__all__ = ["make_predictor", "load_task_predictor", "onnx_cache_dir", "ONNX_MIN_MEGAPIXELS"]
 
 log = logging.getLogger(__name__)
 ONNX_MIN_MEGAPIXELS = 40.0  # ~40 s of eager CPU time for the tiny model: a ~10 % gain then repays the ~5 s export
@@ -80,3 +80,47 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
             raise InputError(f"the model could not be run with ONNX Runtime: {exc}") from None
         log.warning("ONNX Runtime unavailable for this model (%s); using PyTorch", exc)
         return TorchPredictor(model, device=resolved, amp=amp, as_tensor=True)
+
+
+def load_task_predictor(path, tasks: Sequence[str], device: str = "auto",
+                        what: str = "model") -> Tuple[Any, Dict[str, Any]]:
+    """(model or predictor, meta) of a model file whose task is one of `tasks`, for every pipeline.
+
+    An exported ``.onnx`` file -> an OnnxRuntimePredictor on `device` (CUDA provider only for "cuda", or
+    "auto" when onnxruntime offers it; fixed tile size, which the engine respects) and the metadata
+    stored at export (models.onnx_export.read_onnx_meta). Any other file is a project model file
+    (.pth) -> (nn.Module in eval mode, meta) from models.checkpoint.load_model_file, for the caller to
+    wrap (make_predictor / TorchPredictor). Errors are InputErrors naming the file: missing,
+    unreadable, exported without SkySense metadata, or a task not in `tasks`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} model file not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        from models.onnx_export import OnnxExportError, read_onnx_meta
+        try:
+            meta = read_onnx_meta(path)
+        except OnnxExportError as exc:
+            raise InputError(f"{what} model {path} cannot be used: {exc}") from None
+        _check_task(path, meta, tasks, what)
+        try:
+            model = OnnxRuntimePredictor(path, device=device)
+        except InputError:
+            raise
+        except Exception as exc:  # onnxruntime's own errors: corrupt graph, unsupported operator...
+            raise InputError(f"{what} model {path} cannot be loaded by ONNX Runtime "
+                             f"({type(exc).__name__}: {exc})") from None
+        return model, meta
+    from models.checkpoint import CheckpointError, load_model_file
+    try:
+        model, meta = load_model_file(path)
+    except CheckpointError as exc:
+        raise InputError(f"{what} model {path} cannot be used: {exc}") from None
+    _check_task(path, meta, tasks, what)
+    return model, meta
+
+
+def _check_task(path: Path, meta: Dict[str, Any], tasks: Sequence[str], what: str) -> None:
+    if meta.get("task") not in tasks:
+        raise InputError(f"{path} is a {meta.get('task')!r} model; the {what} step needs a "
+                         f"{' or '.join(repr(t) for t in tasks)} model")

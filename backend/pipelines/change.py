@@ -22,11 +22,13 @@ import rasterio.features
 import rasterio.warp
 import shapely
 import shapely.geometry
+import torch
 from rasterio.windows import Window
 
 from backend.errors import InputError, OutputError
 from backend.inference.engine import EngineInput, run_inference
 from backend.inference.predictors import TorchPredictor, resolve_device
+from backend.inference.runtime import load_task_predictor
 from backend.io.aoi import aoi_window, parse_aoi
 from backend.io.atomic import AtomicOutputs, describe_os_error
 from backend.io.raster import Grid, open_raster
@@ -122,21 +124,15 @@ def resolve_inputs(params: Dict[str, Any], keys: Sequence[str], workdir: Path) -
     return params
 
 
-def load_task_model(path: Any, tasks: Sequence[str], what: str):
-    """(model, meta) of a project model file whose task is one of `tasks`; clear errors otherwise."""
-    from models.checkpoint import CheckpointError, load_model_file
+def load_task_model(path: Any, tasks: Sequence[str], what: str, device: str = "auto"):
+    """(model or predictor, meta) of a model file whose task is one of `tasks`; clear errors otherwise.
+    .pth -> nn.Module; exported .onnx -> OnnxRuntimePredictor (backend.inference.runtime.load_task_predictor)."""
+    return load_task_predictor(path, tasks, device=device, what=what)
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} model file not found: {path}")
-    try:
-        model, meta = load_model_file(path)
-    except CheckpointError as exc:
-        raise InputError(f"{what} model {path} cannot be used: {exc}") from None
-    if meta.get("task") not in tasks:
-        raise InputError(f"{path} is a {meta.get('task')!r} model; the {what} step needs a "
-                         f"{' or '.join(repr(t) for t in tasks)} model")
-    return model, meta
+
+def as_task_predictor(model: Any, device: str):
+    """nn.Module -> TorchPredictor on `device` (numpy out); a predictor (e.g. ONNX Runtime) as it is."""
+    return TorchPredictor(model, device=device) if isinstance(model, torch.nn.Module) else model
 
 
 def _norm(meta: Dict[str, Any], n_bands: int) -> Tuple[Optional[list], Optional[list]]:
@@ -183,6 +179,9 @@ def check_aoi(aoi: Optional[dict], grid: Grid) -> None:
 class ChangePredictor:
     """Engine predictor: [a, b] tiles -> [B, 2, T, T] probabilities (no change, change).
 
+    model: an nn.Module (run by a TorchPredictor on `device`) or any predictor returning numpy
+    probabilities for [a, b], e.g. the OnnxRuntimePredictor of an exported .onnx change model (its
+    fixed tile size is passed on to the engine).
     symmetric: average P(change) over (a, b) and (b, a) since change has no direction.
     threshold: decision threshold on P(change); probabilities are re-weighted so that the engine's
     argmax equals ``P(change) >= threshold`` (0.5 leaves them unchanged).
@@ -191,15 +190,17 @@ class ChangePredictor:
     def __init__(self, model, device: str = "auto", symmetric: bool = True, threshold: float = 0.5):
         if not 0.0 < threshold < 1.0:
             raise InputError(f"threshold must be between 0 and 1, got {threshold}")
-        self.torch = TorchPredictor(model, device=device)
-        self.device = self.torch.device
+        self.base = as_task_predictor(model, device)
+        self.device = getattr(self.base, "device", "cpu")
+        self.precision = getattr(self.base, "precision", None)
+        self.fixed_tile_size = getattr(self.base, "fixed_tile_size", None)
         self.symmetric, self.threshold = symmetric, float(threshold)
 
     def __call__(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         a, b = arrays
-        probs = self.torch([a, b])
+        probs = np.asarray(self.base([a, b]), dtype=np.float32)
         if self.symmetric:
-            probs = 0.5 * (probs + self.torch([b, a]))
+            probs = 0.5 * (probs + np.asarray(self.base([b, a]), dtype=np.float32))
         if self.threshold != 0.5:
             p1 = probs[:, 1] * (1 - self.threshold)
             p0 = probs[:, 0] * self.threshold
@@ -233,7 +234,7 @@ def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path
     post_path, post_bands = input_spec(post, "post")
     grid = overlap_grid(pre_path, post_path)
     check_aoi(aoi, grid)
-    model, meta = load_task_model(model_path or DEFAULT_CHANGE_MODEL, tasks, "change")
+    model, meta = load_task_model(model_path or DEFAULT_CHANGE_MODEL, tasks, "change", device=device)
     n_bands = len((meta.get("bands") or {}).get("hr") or [1, 2, 3])
     mean, std = _norm(meta, n_bands)
     inputs = [EngineInput(pre_path, pre_bands, mean, std, expected_bands=n_bands),
@@ -243,7 +244,7 @@ def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path
         classes = [{"value": c["value"], "name": c["name"], "color": c.get("color", "#808080")}
                    for c in json.loads(CHANGE_PALETTE.read_text())["classes"]]
     else:
-        predictor = TorchPredictor(model, device=device)
+        predictor = as_task_predictor(model, device)
         classes = [{"value": k, "name": n, "color": "#808080"} for k, n in
                    enumerate(("background", "no damage", "minor damage", "major damage", "destroyed"))]
     result = run_inference(inputs, predictor, class_path, classes, tile_size=int(tile_size or meta.get("tile_size", 256)),
@@ -268,13 +269,13 @@ def predict_landcover(image: Any, grid: Grid, outputs: AtomicOutputs, path: Path
                       aoi: Optional[dict], tile_size: Optional[int], overlap: int, batch_size: int,
                       device: str, progress: Progress, what: str) -> Tuple[np.ndarray, Dict[str, Any], Any]:
     """Classes [H,W] of a land-cover model on `grid` (written to `path` inside outputs)."""
-    model, meta = load_task_model(model_path, ("segmentation",), what)
+    model, meta = load_task_model(model_path, ("segmentation",), what, device=device)
     image_path, bands = input_spec(image, what)
     n_bands = len((meta.get("bands") or {}).get("hr") or [1, 2, 3])
     mean, std = _norm(meta, n_bands)
     result = run_inference([EngineInput(image_path, bands or (meta.get("bands") or {}).get("hr"), mean, std,
                                         expected_bands=n_bands)],
-                           TorchPredictor(model, device=device), path, meta["classes"],
+                           as_task_predictor(model, device), path, meta["classes"],
                            tile_size=int(tile_size or meta.get("tile_size", 512)), overlap=int(overlap),
                            batch_size=int(batch_size), aoi=aoi, grid=grid, allow_pixel_grid=True,
                            progress=progress, outputs=outputs)

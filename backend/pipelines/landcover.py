@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import rasterio
+from torch import nn
 
 from backend.errors import InputError
 from backend.inference.engine import EngineInput, normalise_classes, run_inference
 from backend.inference.predictors import FlipTTA
-from backend.inference.runtime import make_predictor
+from backend.inference.runtime import load_task_predictor, make_predictor
 from backend.io.atomic import AtomicOutputs
 from backend.io.mosaic import build_mosaic_vrt
 from backend.io.preview import write_preview
@@ -31,20 +32,16 @@ DEFAULT_MODEL = ROOT / "resources" / "models" / "landcover_loveda_tiny.pth"
 __all__ = ["run", "run_landcover", "load_segmentation_model", "DEFAULT_MODEL"]
 
 
-def load_segmentation_model(path) -> tuple:
-    """(model, meta) from a project model file of task "segmentation"; InputError otherwise."""
-    from models.checkpoint import CheckpointError, load_model_file
+def load_segmentation_model(path, device: str = "auto") -> tuple:
+    """(model, meta) from a model file of task "segmentation"; InputError otherwise.
 
+    A project model file (.pth) gives an nn.Module; an exported .onnx file gives an
+    OnnxRuntimePredictor on `device` (backend.inference.runtime.load_task_predictor)."""
     path = Path(path) if path else DEFAULT_MODEL
     if not path.exists():
         hint = " (train the default models with `make train-default`)" if path == DEFAULT_MODEL else ""
         raise InputError(f"model file not found: {path}{hint}")
-    try:
-        model, meta = load_model_file(path)
-    except CheckpointError as exc:
-        raise InputError(str(exc)) from None
-    if meta.get("task") != "segmentation":
-        raise InputError(f"{path} is a {meta.get('task')!r} model; land cover needs a 'segmentation' model")
+    model, meta = load_task_predictor(path, ("segmentation",), device=device, what="land-cover")
     if not meta.get("classes"):
         raise InputError(f"{path} lists no classes")
     return model, meta
@@ -118,7 +115,12 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
     allow_pixel_grid = bool(params.get("allow_pixel_grid"))
 
     progress.update(0.0, "loading model")
-    model, meta = load_segmentation_model(params.get("model"))
+    device = params.get("device") or "auto"
+    runtime = params.get("runtime") or "auto"
+    model, meta = load_segmentation_model(params.get("model"), device=device)
+    if not isinstance(model, nn.Module) and runtime == "torch":
+        raise InputError(f"{params.get('model')} is an ONNX model, which runs with ONNX Runtime only; "
+                         "use runtime 'auto' or 'onnx', or a .pth model file for 'torch'")
     tile_size = _int_param(params, "tile_size", int(meta.get("tile_size") or 512), 32)
     overlap = _int_param(params, "overlap", 64, 0)
     batch_size = _int_param(params, "batch_size", 4, 1)
@@ -132,12 +134,14 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
         if len(hr) > 1:
             source = str(build_mosaic_vrt([h["path"] for h in hr], Path(workdir) / "hr_mosaic.vrt",
                                           allow_pixel_grid=allow_pixel_grid))
-        layout = _full_layout(source, tile_size, overlap)
-        predictor = make_predictor(model, device=params.get("device") or "auto",
-                                   runtime=params.get("runtime") or "auto",
-                                   model_path=params.get("model") or DEFAULT_MODEL,
-                                   tile_size=layout.tile if layout else tile_size,
-                                   expected_tiles=layout.n_tiles if layout else 0)
+        if isinstance(model, nn.Module):
+            layout = _full_layout(source, tile_size, overlap)
+            predictor = make_predictor(model, device=device, runtime=runtime,
+                                       model_path=params.get("model") or DEFAULT_MODEL,
+                                       tile_size=layout.tile if layout else tile_size,
+                                       expected_tiles=layout.n_tiles if layout else 0)
+        else:  # an exported .onnx model: already an ONNX Runtime predictor (fixed tile size)
+            predictor = model
         if params.get("tta"):
             predictor = FlipTTA(predictor)
         outputs: List[dict] = []

@@ -1,8 +1,9 @@
 """List the project's and the user's model files with their metadata.
 
-Metadata is read with ``torch.load(weights_only=True)`` (through models.checkpoint
-when it offers a metadata reader), so opening a model file never runs code.
-Results are cached by (path, size, mtime).
+Which files count as model files (.pth, .pt, .onnx) and how their metadata is read are
+backend.model_manager's (``model_files_in``, ``read_model_meta``): .pth/.pt with
+``torch.load(weights_only=True)``, .onnx from the ONNX metadata without building a session,
+so opening a model file never runs code. Results are cached by (path, size, mtime).
 """
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ import threading
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from backend.model_manager import MODEL_SUFFIXES, model_files_in, read_model_meta  # noqa: F401 - MODEL_SUFFIXES re-exported
+
 log = logging.getLogger("skysense.models")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_MODELS_DIR = REPO_ROOT / "resources" / "models"
-MODEL_SUFFIXES = (".pth", ".pt")
-_META_KEYS = ("task", "classes", "bands", "tile_size", "gsd", "metrics", "arch", "format",
-              "normalization", "trained_on")
 
 
 def default_user_models_dir() -> Path:
@@ -26,32 +26,13 @@ def default_user_models_dir() -> Path:
     env = os.environ.get("SKYSENSE_MODELS_DIR")
     if env:
         return Path(env)
-    try:
-        from backend.model_manager import user_models_dir
-        return Path(user_models_dir())
-    except Exception:  # noqa: BLE001 - keep listing even if that module is broken
-        return Path.home() / ".skysense" / "models"
+    from backend.model_manager import user_models_dir
+    return Path(user_models_dir())
 
 
 def read_metadata(path: Path) -> dict:
-    """Model metadata without the weights; raises with a message naming the problem."""
-    try:
-        from models import checkpoint  # the models engineer's reader, when present
-    except Exception:  # noqa: BLE001 - fall back to a safe direct read below
-        checkpoint = None
-    for name in ("read_model_meta", "read_metadata"):
-        reader = getattr(checkpoint, name, None)
-        if callable(reader):
-            meta = reader(path)
-            return {k: v for k, v in dict(meta).items() if k != "state_dict"}
-    import torch
-    try:
-        blob = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path.name} is not a readable model file ({type(exc).__name__})") from None
-    if not isinstance(blob, dict) or not str(blob.get("format", "")).startswith("skysense-qgis/"):
-        raise ValueError(f"{path.name} is not a SkySense project model file (no 'format' entry)")
-    return {k: blob[k] for k in _META_KEYS if k in blob}
+    """Model metadata without the weights; raises with a message naming the file and the problem."""
+    return {k: v for k, v in dict(read_model_meta(path)).items() if k != "state_dict"}
 
 
 class ModelIndex:
@@ -65,10 +46,8 @@ class ModelIndex:
 
     def _files(self) -> Iterable[Tuple[str, Path]]:
         for source, folder in self.folders:
-            if folder.is_dir():
-                for path in sorted(folder.iterdir()):
-                    if path.suffix.lower() in MODEL_SUFFIXES and path.is_file():
-                        yield source, path
+            for path in model_files_in(folder):
+                yield source, path
 
     def entry(self, source: str, path: Path) -> dict:
         stat = path.stat()

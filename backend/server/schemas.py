@@ -113,8 +113,8 @@ class LandcoverParams(OutputParams, InferenceOptions, VectorOptions):
     hr: List[RasterInput] = Field(default_factory=list, max_length=64)
     s2: List[DatedRaster] = Field(default_factory=list, max_length=366)
     s1: List[DatedRaster] = Field(default_factory=list, max_length=366)
-    model: Optional[str] = Field(None, description="project model file (.pth); null = default model "
-                                 "(a 'temporal' model is required with s2/s1)")
+    model: Optional[str] = Field(None, description="model file (.pth, or .onnx exported from one); null = default "
+                                 "model (a 'temporal' .pth model is required with s2/s1)")
     aoi: Optional[AOI] = None
     name: str = "landcover"
     shapefile: bool = Field(False, description="also write the polygons as <name>.shp")

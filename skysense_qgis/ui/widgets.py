@@ -95,7 +95,8 @@ class ModelChooser(QWidget):
             if m.get("error") or (self.tasks and m.get("task") not in self.tasks):
                 continue
             n = len(m.get("classes") or [])
-            label = f"{m.get('name') or os.path.basename(m['path'])} ({m.get('task')}, {n} classes)"
+            onnx = ", ONNX" if str(m["path"]).lower().endswith(".onnx") else ""
+            label = f"{m.get('name') or os.path.basename(m['path'])} ({m.get('task')}, {n} classes{onnx})"
             self.combo.addItem(label, m["path"])
         if current:
             self.set_model_path(current)

@@ -20,3 +20,36 @@ def make_raster(tmp_path):
             ds.write(data)
         return path
     return _make
+
+
+@pytest.fixture(scope="session")
+def exported_landcover(tmp_path_factory):
+    """The tiny land-cover test model as a .pth, the same model exported to .onnx (tile 64, with the
+    model file's metadata), and an .onnx copy stripped of its SkySense metadata:
+    {"pth", "onnx", "bare"} paths (one export per test session)."""
+    import json
+    from pathlib import Path
+
+    import onnx
+    import torch
+
+    from models.checkpoint import load_model_file, save_model_file
+    from models.onnx_export import export_onnx
+    from models.registry import create_model
+
+    root = Path(__file__).resolve().parents[2]
+    folder = tmp_path_factory.mktemp("onnx_models")
+    torch.manual_seed(0)
+    classes = json.loads((root / "resources" / "palettes" / "loveda.json").read_text())["classes"]
+    pth = folder / "lc_tiny.pth"
+    save_model_file(pth, create_model("skysense_seg_tiny", num_classes=7),
+                    {"task": "segmentation", "classes": classes, "bands": {"hr": [1, 2, 3]},
+                     "normalization": {"hr": {"mean": [120.0] * 3, "std": [60.0] * 3}},
+                     "tile_size": 64, "gsd": 0.5, "metrics": {"miou": 0.5}})
+    model, meta = load_model_file(pth)
+    exported = export_onnx(model, folder / "lc_tiny.onnx", tile_size=64, meta=meta)
+    proto = onnx.load(str(exported))
+    del proto.metadata_props[:]
+    bare = folder / "bare.onnx"
+    onnx.save(proto, str(bare))
+    return {"pth": pth, "onnx": exported, "bare": bare}
