@@ -44,7 +44,12 @@ def _scores_against_mask(prediction_values: np.ndarray, mask: np.ndarray, classe
         predicted[prediction_values == value] = index
     accumulator = ConfusionAccumulator(len(classes))
     accumulator.update(truth, predicted)
-    return accumulator.scores([c["name"] for c in classes])
+    scores = accumulator.scores([c["name"] for c in classes])
+    # mIoU over the classes that occur in the truth: comparable between models with other class lists (a
+    # model's extra classes count only as errors of the classes present, not as extra IoU-0 terms)
+    present = [iou for iou, n in zip(scores["iou"], scores["support"]) if n and iou is not None]
+    scores["miou_present"] = float(np.mean(present)) if present else None
+    return scores
 
 
 def _write_window(source_tif: Path, window, out_tif: Path) -> Path:
@@ -104,7 +109,7 @@ def finetune_rows(data_dir: Path, work: Path, model_path: Path, epochs: int) -> 
     from backend.datasets.chips import normalise
     from backend.datasets.loveda import georeference_loveda, loveda_polygons, read_loveda_tile
     from backend.datasets.polygons import build_polygon_dataset
-    from backend.trainers.finetune import finetune_on_polygons, load_base_model
+    from backend.trainers.finetune import adapt_head, finetune_on_polygons, load_base_model
     from backend.trainers.predict import predict_classes
     from backend.trainers.random_forest import predict_scene, train_random_forest
     from backend.trainers.train_defaults import heldout_window
@@ -116,7 +121,8 @@ def finetune_rows(data_dir: Path, work: Path, model_path: Path, epochs: int) -> 
                              min_pixels=300, shrink=0.9, crs="EPSG:4326", cell=128, max_per_class=10)
     result = finetune_on_polygons(image_tif, labels, "class", work / "finetune", name="finetuned",
                                   base_model=model_path, epochs=epochs, chips_per_epoch=32, patience=4,
-                                  compare_random_forest=True)
+                                  compare_random_forest=True,
+                                  log=lambda message: print(f"  fine-tune: {message}", flush=True))
     # Dense accuracy on the held-out strip, which neither the polygons nor the default model's training touched.
     image, mask = read_loveda_tile(data_dir, tile_id)
     window = heldout_window(*mask.shape)
@@ -132,18 +138,25 @@ def finetune_rows(data_dir: Path, work: Path, model_path: Path, epochs: int) -> 
     base_model, base_meta = load_base_model(model_path)
     base_norm = base_meta["normalization"]["hr"]
     base_values = np.array([c["value"] for c in base_meta["classes"]])
-    base_pred = base_values[predict_classes(base_model, normalise(right_image, base_norm["mean"], base_norm["std"]),
-                                            tile=512, overlap=64)]
+    base_input = normalise(right_image, base_norm["mean"], base_norm["std"])
+    base_pred = base_values[predict_classes(base_model, base_input, tile=512, overlap=64)]
+    # The default model limited to the polygons' classes (its own classifier weights for them): what the
+    # fine-tune starts from, so the fair reference for what fine-tuning added.
+    restricted, _ = adapt_head(base_model, base_meta, classes)
+    restricted_pred = values[predict_classes(restricted, base_input, tile=512, overlap=64)]
     return {
         "classes": classes,
         "polygons": {"train": len(result["train_polygons"]), "val": len(result["val_polygons"])},
-        "heldout_polygons": {"finetuned": result["metrics"], "random_forest": result["metrics"]["random_forest"]},
+        "heldout_polygons": {"finetuned": result["metrics"], "random_forest": result["metrics"]["random_forest"],
+                             "default_model_same_classes": result["metrics"]["base_model"]},
         "per_class": result["per_class"],
         "heldout_strip": {"finetuned": _scores_against_mask(fine_pred, right_mask, classes),
                        "random_forest": _scores_against_mask(rf_pred, right_mask, classes),
-                       "default_model": _scores_against_mask(base_pred, right_mask, base_meta["classes"])},
+                       "default_model": _scores_against_mask(base_pred, right_mask, base_meta["classes"]),
+                       "default_model_same_classes": _scores_against_mask(restricted_pred, right_mask, classes)},
         "loss_curve": result["loss_curve"],
         "epochs_run": result["metrics"]["epochs_run"],
+        "best_epoch": result["metrics"]["best_epoch"],
     }
 
 
@@ -194,19 +207,29 @@ def print_report(report: dict) -> None:
     print("\n=== Fine-tuning vs random forest: polygons on the left half of LoveDA tile 2 ===")
     if ft and "note" not in ft:
         print(f"{ft['polygons']['train']} training / {ft['polygons']['val']} validation polygons; "
-              f"{ft['epochs_run']} epochs")
+              f"{ft['epochs_run']} epochs, best epoch {ft.get('best_epoch', '?')} (0 = base model kept)")
         fine, forest = ft["heldout_polygons"]["finetuned"], ft["heldout_polygons"]["random_forest"]
+        same = ft["heldout_polygons"].get("default_model_same_classes") or {}
         right = ft["heldout_strip"]
-        print(f"{'':<34}{'fine-tuned':>12}{'random forest':>15}{'default model':>15}")
-        print(f"{'OA, held-out polygons':<34}{_fmt(fine['overall_accuracy']):>12}{_fmt(forest['overall_accuracy']):>15}{'':>15}")
-        print(f"{'mIoU, held-out polygons':<34}{_fmt(fine['miou']):>12}{_fmt(forest['miou']):>15}{'':>15}")
-        print(f"{'OA, held-out strip (dense)':<34}{_fmt(right['finetuned']['overall_accuracy']):>12}"
-              f"{_fmt(right['random_forest']['overall_accuracy']):>15}{_fmt(right['default_model']['overall_accuracy']):>15}")
-        print(f"{'mIoU, held-out strip (dense)':<34}{_fmt(right['finetuned']['miou']):>12}"
-              f"{_fmt(right['random_forest']['miou']):>15}{_fmt(right['default_model']['miou']):>15}")
+        strip_same = right.get("default_model_same_classes") or {}
+        print(f"{'':<36}{'fine-tuned':>11}{'random forest':>15}{'default model':>15}{'default, same classes':>23}")
+
+        def row(label, finetuned, forest_value, default="", default_same=None):
+            print(f"{label:<36}{_fmt(finetuned):>11}{_fmt(forest_value):>15}"
+                  f"{(_fmt(default) if default != '' else ''):>15}{_fmt(default_same):>23}")
+
+        row("OA, held-out polygons", fine["overall_accuracy"], forest["overall_accuracy"], "",
+            same.get("overall_accuracy"))
+        row("mIoU, held-out polygons", fine["miou"], forest["miou"], "", same.get("miou"))
+        strips = (right["finetuned"], right["random_forest"], right["default_model"])
+        row("OA, held-out strip (dense)", *(x["overall_accuracy"] for x in strips),
+            strip_same.get("overall_accuracy"))
+        row("mIoU, held-out strip (dense)", *(x["miou"] for x in strips), strip_same.get("miou"))
+        row("mIoU, strip, classes present", *(x.get("miou_present") for x in strips), strip_same.get("miou_present"))
+        default_iou = dict(zip(right["default_model"]["class_names"], right["default_model"]["iou"]))
         for index, cls in enumerate(ft["classes"]):
-            print(f"{'IoU ' + cls['name'] + ', strip':<34}{_fmt(right['finetuned']['iou'][index]):>12}"
-                  f"{_fmt(right['random_forest']['iou'][index]):>15}{'':>15}")
+            row(f"IoU {cls['name']}, strip", right["finetuned"]["iou"][index], right["random_forest"]["iou"][index],
+                default_iou.get(cls["name"]), (strip_same.get("iou") or [None] * (index + 1))[index])
         print("loss curve: " + ", ".join(f"{p['epoch']}: {p['train_loss']:.3f}/{p['val_loss']:.3f}"
                                          for p in ft["loss_curve"]) + "  (epoch: train/val loss)")
     else:

@@ -1,5 +1,12 @@
 """Fine-tuning a segmentation model on user-digitised polygons, with a random-forest baseline on the same labels.
 
+A transfer, not a retraining: classes the base model knows (same name) keep their classifier weights, the
+pretrained decoder and encoder learn at 1e-4 and 1e-5, BatchNorm layers keep the base model's running
+statistics (batches of a few chips around sparse polygons would re-estimate them from noise), and the base
+model is scored on the held-out polygons first: an epoch has to beat it, otherwise the base weights are kept.
+The loss is plain cross-entropy on the labelled pixels (no inverse-frequency class weights, which pushed the
+base model towards the rarer classes everywhere).
+
     python -m backend.trainers.finetune --raster scene.tif --labels polygons.gpkg --class-field class \
         --output-dir out/ [--base-model model.pth] [--epochs 10] [--freeze-encoder] [--resume]
 """
@@ -26,6 +33,8 @@ from backend.trainers.segmentation import TrainConfig, train_segmentation
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_MODEL = REPO / "resources" / "models" / "landcover_loveda_tiny.pth"
 CLASSIFIER_KEY = "conv_seg"   # the final 1x1 convolution of the decode head (replaced when classes change)
+PRETRAINED_LR = 1e-4          # decoder (and classifier rows taken from the base model); encoder at a tenth
+NEW_CLASSIFIER_LR = 1e-3      # classifier when some class is new to the base model (its row starts random)
 
 
 def load_base_model(path) -> tuple[torch.nn.Module, dict]:
@@ -45,8 +54,20 @@ def load_base_model(path) -> tuple[torch.nn.Module, dict]:
     return model, meta
 
 
+def base_class_rows(base_meta: dict, classes: list[dict]) -> list[Optional[int]]:
+    """For each class, the index of the base model's class of the same name (case-insensitive), or None."""
+    lookup = {}
+    for index, cls in enumerate(base_meta.get("classes", [])):
+        lookup.setdefault(str(cls["name"]).strip().lower(), index)
+    return [lookup.get(str(cls["name"]).strip().lower()) for cls in classes]
+
+
 def adapt_head(base: torch.nn.Module, base_meta: dict, classes: list[dict]) -> tuple[torch.nn.Module, bool]:
-    """The base model, or a copy with a fresh classifier when the class list differs. Returns (model, replaced)."""
+    """The base model, or a copy with a new classifier when the class list differs. Returns (model, replaced).
+
+    Backbone and decoder are reused; in the new classifier, each class the base model knows by name starts
+    from the base model's weights for that class (so an untrained copy already maps those classes as the
+    base model does), and only classes new to it start random."""
     from models.registry import create_model
 
     base_names = [c["name"] for c in base_meta.get("classes", [])]
@@ -60,6 +81,16 @@ def adapt_head(base: torch.nn.Module, base_meta: dict, classes: list[dict]) -> t
     reused = {k: v for k, v in base.state_dict().items()
               if CLASSIFIER_KEY not in k and k in own and own[k].shape == v.shape}
     model.load_state_dict(reused, strict=False)
+    rows = base_class_rows(base_meta, classes)
+    base_state = base.state_dict()
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            source = base_state.get(key)
+            if CLASSIFIER_KEY not in key or source is None or source.shape[1:] != value.shape[1:]:
+                continue
+            for index, row in enumerate(rows):
+                if row is not None and row < source.shape[0]:
+                    value[index] = source[row]   # state_dict tensors share storage with the parameters
     return model, True
 
 
@@ -74,6 +105,7 @@ def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: 
                          base_model=None, epochs: int = 10, freeze_encoder: bool = False, resume: bool = False,
                          layer: Optional[str] = None, chip_size: int = 256, chips_per_epoch: int = 32,
                          batch_size: int = 4, lr: Optional[float] = None, patience: int = 5,
+                         freeze_bn: bool = True,
                          val_fraction: float = 0.25, seed: int = 0, device: str = "cpu",
                          compare_random_forest: bool = True, rf_trees: int = 60,
                          progress: Optional[Progress] = None,
@@ -116,11 +148,28 @@ def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: 
         f"validation polygons, pixels per class train {dataset.pixel_counts['train']} val {dataset.pixel_counts['val']}")
 
     model, replaced = adapt_head(base, base_meta, dataset.classes)
+    rows = [0] * len(dataset.classes) if not replaced else base_class_rows(base_meta, dataset.classes)
+    new_classes = [c["name"] for c, row in zip(dataset.classes, rows) if row is None]
+    if new_classes:
+        log(f"class(es) new to the base model, learnt from scratch: {', '.join(new_classes)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Learning rates: lr is the classifier's; the pretrained decoder and encoder always learn at PRETRAINED_LR
+    # and a tenth of it with the default lr. A classifier with a random row needs the larger rate (and a warmup
+    # while its gradients are large); one made of the base model's rows is as pretrained as the decoder.
+    classifier_lr = float(lr) if lr else (NEW_CLASSIFIER_LR if new_classes else PRETRAINED_LR)
+    decoder_scale = PRETRAINED_LR / (NEW_CLASSIFIER_LR if new_classes else PRETRAINED_LR)
+    steps_per_epoch = -(-int(chips_per_epoch) // int(batch_size))
     config = TrainConfig(epochs=int(epochs), chip_size=chip, chips_per_epoch=chips_per_epoch, batch_size=batch_size,
-                         lr=lr or (1e-3 if replaced else 3e-4), encoder_lr_scale=0.1, freeze_encoder=freeze_encoder,
-                         patience=patience, seed=seed, device=device, warmup_steps=0)
+                         lr=classifier_lr, decoder_lr_scale=decoder_scale, encoder_lr_scale=0.1 * decoder_scale,
+                         freeze_encoder=freeze_encoder, freeze_bn=freeze_bn, eval_initial=True,
+                         # Unweighted loss: inverse-frequency weights from a few polygons (whose areas say
+                         # nothing about the scene's class shares) override the base model's learnt priors and
+                         # make it over-predict the rarer classes everywhere; class-balanced chip sampling
+                         # still shows it every class.
+                         class_balance=False,
+                         patience=patience, seed=seed, device=device,
+                         warmup_steps=steps_per_epoch if new_classes else 0)
     checkpoint = output_dir / f"{name}_checkpoint.pth"
     if not resume and checkpoint.exists():
         checkpoint.unlink()   # a new run must not continue an old one
@@ -128,6 +177,11 @@ def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: 
                                  checkpoint_path=checkpoint, resume=resume,
                                  progress=progress.sub(0.05, 0.85), log=log)
     scores = outcome.best_scores
+
+    initial = outcome.initial_scores
+    base_scores = None if initial is None else {
+        "miou": initial["miou"], "overall_accuracy": initial["overall_accuracy"], "kappa": initial["kappa"],
+        "confusion_matrix": initial["confusion_matrix"], "iou": initial["iou"]}
 
     rf_scores = None
     if compare_random_forest:
@@ -143,6 +197,7 @@ def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: 
         "validation": {"dataset": f"{len(dataset.val_polygons)} held-out polygons", "best_epoch": outcome.best_epoch,
                        **scores},
         "random_forest": rf_scores,
+        "base_model": base_scores,
         "history": loss_curve,
     }
     model_path = output_dir / f"{name}.pth"
@@ -173,7 +228,9 @@ def finetune_on_polygons(raster, labels, class_field: str, output_dir, *, name: 
             "confusion_matrix": scores["confusion_matrix"], "class_names": class_names,
             "best_epoch": outcome.best_epoch, "epochs_run": len(outcome.history),
             "stopped_early": outcome.stopped_early, "resumed_from_epoch": outcome.resumed_from,
-            "head_replaced": replaced, "freeze_encoder": freeze_encoder,
+            "head_replaced": replaced, "new_classes": new_classes, "freeze_encoder": freeze_encoder,
+            "freeze_bn": freeze_bn,
+            "base_model": base_scores,
             "random_forest": None if rf_scores is None else {
                 "miou": rf_scores["miou"], "overall_accuracy": rf_scores["overall_accuracy"],
                 "kappa": rf_scores["kappa"], "confusion_matrix": rf_scores["confusion_matrix"]},
@@ -192,23 +249,29 @@ def _cell(value, width: int, digits: int) -> str:
 
 
 def format_finetune_result(result: dict) -> str:
-    """Plain-text summary for the CLI: loss curve, then fine-tuned vs random forest per class.
+    """Plain-text summary for the CLI: loss curve (best epoch marked *), then fine-tuned vs random forest vs the
+    untrained base model (its weights for the same classes) on the validation polygons, per class.
 
     Accepts the trainer's result and its JSON form (NaN there is null)."""
     metrics = result["metrics"]
     lines = [f"model: {result['model']}"]
     if metrics.get("resumed_from_epoch"):
         lines.append(f"resumed after epoch {metrics['resumed_from_epoch']} from {result.get('checkpoint')}")
+    if metrics.get("best_epoch") == 0:
+        lines.append("no epoch beat the base model on the validation polygons: the base model's weights are kept")
     lines.append("epoch  train_loss  val_loss  val_mIoU")
     for point in result["loss_curve"]:
         lines.append(f"{point['epoch']:>5}  {_cell(point['train_loss'], 10, 4)}  {_cell(point['val_loss'], 8, 4)}  "
-                     f"{_cell(point['miou'], 8, 3)}")
+                     f"{_cell(point['miou'], 8, 3)}" + (" *" if point["epoch"] == metrics.get("best_epoch") else ""))
     rf = metrics.get("random_forest") or {}
-    lines.append(f"{'':<16}{'fine-tuned':>12}{'random forest':>15}")
-    lines.append(f"{'OA':<16}{_cell(metrics['overall_accuracy'], 12, 3)}{_cell(rf.get('overall_accuracy'), 15, 3)}")
-    lines.append(f"{'mIoU':<16}{_cell(metrics['miou'], 12, 3)}{_cell(rf.get('miou'), 15, 3)}")
-    for row in result["per_class"]:
-        lines.append(f"{'IoU ' + row['name'][:12]:<16}{_cell(row['iou'], 12, 3)}{_cell(row.get('rf_iou'), 15, 3)}")
+    base = metrics.get("base_model") or {}
+    base_iou = base.get("iou") or [None] * len(result["per_class"])
+    lines.append(f"{'':<16}{'fine-tuned':>12}{'random forest':>15}{'base model':>12}")
+    for label, key in (("OA", "overall_accuracy"), ("mIoU", "miou")):
+        lines.append(f"{label:<16}{_cell(metrics[key], 12, 3)}{_cell(rf.get(key), 15, 3)}{_cell(base.get(key), 12, 3)}")
+    for row, iou in zip(result["per_class"], base_iou):
+        lines.append(f"{'IoU ' + row['name'][:12]:<16}{_cell(row['iou'], 12, 3)}{_cell(row.get('rf_iou'), 15, 3)}"
+                     f"{_cell(iou, 12, 3)}")
     return "\n".join(lines)
 
 

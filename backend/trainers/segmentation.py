@@ -2,6 +2,12 @@
 encoder, per-epoch validation (IoU, mIoU, OA, confusion matrix), atomic per-epoch checkpoints with exact
 resume, and early stopping on validation mIoU.
 
+For fine-tuning a pretrained model (see backend/trainers/finetune.py) three settings matter: `freeze_bn`
+keeps every BatchNorm layer in eval mode (its running statistics stay the pretrained ones instead of being
+re-estimated from batches of a few chips around sparse polygons), `decoder_lr_scale`/`encoder_lr_scale` give
+the pretrained parts a smaller learning rate than the classifier, and `eval_initial` scores the starting
+weights first, so that they are returned unchanged (best epoch 0) when no epoch beats them on validation.
+
 Every epoch draws its chips and augmentations from seed + epoch, so a run resumed from a checkpoint
 follows the same trajectory as an uninterrupted one.
 """
@@ -27,6 +33,7 @@ from backend.progress import Progress
 from backend.trainers.metrics import ConfusionAccumulator, format_scores
 
 CHECKPOINT_FORMAT = "skysense-qgis-train/1"
+CLASSIFIER_KEY = "conv_seg"   # parameter names of the final 1x1 classifier convolution contain this
 
 
 @dataclass
@@ -36,12 +43,15 @@ class TrainConfig:
     chip_size: int = 256
     chips_per_epoch: int = 64
     batch_size: int = 4
-    lr: float = 3e-4
+    lr: float = 3e-4                  # learning rate of the classifier (the decode head's final 1x1 conv)
     encoder_lr_scale: float = 0.1     # encoder learns slower than the new head when unfrozen
+    decoder_lr_scale: float = 1.0     # rest of the decode head (below 1 when it is pretrained)
     weight_decay: float = 0.01
     schedule: str = "cosine"          # "cosine" or "poly"
     warmup_steps: int = 0
     freeze_encoder: bool = False
+    freeze_bn: bool = False           # BatchNorm layers in eval mode: pretrained running statistics kept
+    eval_initial: bool = False        # validate the starting weights; keep them (best epoch 0) unless beaten
     patience: int = 5                 # epochs without mIoU gain before stopping; 0 = never stop early
     min_delta: float = 1e-4
     class_balance: bool = True        # inverse-sqrt-frequency loss weights
@@ -73,9 +83,24 @@ class TrainOutcome:
     resumed_from: int                   # epochs already done when this call started (0 = fresh)
     checkpoint: Optional[str] = None
     class_weights: list = field(default_factory=list)
+    initial_scores: Optional[dict] = None   # validation scores of the starting weights (eval_initial)
 
 
 # ---------------------------------------------------------------- model parts
+
+def parameter_groups(model: torch.nn.Module) -> dict[str, list]:
+    """{"classifier", "decoder", "encoder": parameters}: the final classifier convolution (CLASSIFIER_KEY), the
+    encoder (`backbone`/`encoder` submodule) and everything else. Models without those names put all their
+    parameters under "classifier"."""
+    encoder = _encoder_module(model)
+    encoder_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    groups = {"classifier": [], "decoder": [], "encoder": list(encoder.parameters()) if encoder is not None else []}
+    named = [(name, p) for name, p in model.named_parameters() if id(p) not in encoder_ids]
+    has_classifier = any(CLASSIFIER_KEY in name for name, _ in named)
+    for name, p in named:
+        groups["classifier" if (CLASSIFIER_KEY in name or not has_classifier) else "decoder"].append(p)
+    return groups
+
 
 def encoder_and_head_parameters(model: torch.nn.Module) -> tuple[list, list]:
     """(encoder params, everything else). The encoder is the `backbone`/`encoder` submodule when present."""
@@ -97,22 +122,38 @@ def _encoder_module(model: torch.nn.Module) -> Optional[torch.nn.Module]:
     return None
 
 
-def _set_train_mode(model: torch.nn.Module, freeze_encoder: bool) -> None:
+def _set_train_mode(model: torch.nn.Module, freeze_encoder: bool, freeze_bn: bool = False) -> None:
     model.train()
     encoder = _encoder_module(model)
     if freeze_encoder and encoder is not None:
         encoder.eval()  # frozen encoder keeps its normalisation statistics and no dropout
+    if freeze_bn:
+        # Batch statistics of 2-4 chips (and of the 1x1 pooled PPM features) are noise, and the running
+        # averages would drift towards the few polygons' windows: keep the pretrained statistics. The
+        # affine weights still learn.
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def _build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
-    encoder_params, head_params = encoder_and_head_parameters(model)
-    groups = [{"params": [p for p in head_params if p.requires_grad], "lr": config.lr}]
-    if encoder_params:
-        for p in encoder_params:
-            p.requires_grad_(not config.freeze_encoder)
-        if not config.freeze_encoder:
-            groups.append({"params": encoder_params, "lr": config.lr * config.encoder_lr_scale})
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    """AdamW with up to three groups, in this order: classifier (lr), decoder (lr * decoder_lr_scale; merged
+    into the classifier group when the scale is 1), encoder (lr * encoder_lr_scale; absent when frozen)."""
+    parts = parameter_groups(model)
+    for p in parts["encoder"]:
+        p.requires_grad_(not config.freeze_encoder)
+    if config.decoder_lr_scale == 1.0:
+        head_ids = {id(p) for p in parts["classifier"] + parts["decoder"]}
+        groups = [{"params": [p for p in model.parameters() if id(p) in head_ids and p.requires_grad],
+                   "lr": config.lr, "name": "head"}]   # model order, as checkpoints of earlier versions hold
+    else:
+        groups = [{"params": [p for p in parts["classifier"] if p.requires_grad], "lr": config.lr,
+                   "name": "classifier"},
+                  {"params": [p for p in parts["decoder"] if p.requires_grad],
+                   "lr": config.lr * config.decoder_lr_scale, "name": "decoder"}]
+    if parts["encoder"] and not config.freeze_encoder:
+        groups.append({"params": parts["encoder"], "lr": config.lr * config.encoder_lr_scale, "name": "encoder"})
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
@@ -220,6 +261,7 @@ def train_segmentation(model: torch.nn.Module, train_scenes: list[LabelledScene]
 
     history: list = []
     best = {"miou": -1.0, "epoch": 0, "scores": {}, "state": None}
+    initial_scores = None
     stale_epochs = 0
     start_epoch = 0
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
@@ -236,15 +278,31 @@ def train_segmentation(model: torch.nn.Module, train_scenes: list[LabelledScene]
             model.load_state_dict(state["model"])
         except RuntimeError as exc:
             raise InputError(f"checkpoint {checkpoint_path} does not fit this model/classes: {exc}") from exc
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:   # other parameter groups (older version, other settings)
+            raise InputError(f"checkpoint {checkpoint_path} was written with other optimizer settings ({exc}); "
+                             "start without resume") from exc
         scheduler.load_state_dict(state["scheduler"])
         history = list(state["history"])
         best = {"miou": state["best_miou"], "epoch": state["best_epoch"], "scores": state["best_scores"],
                 "state": state["best_state"]}
         stale_epochs = state["stale_epochs"]
         start_epoch = state["epoch"]
+        initial_scores = state.get("initial_scores")
         log(f"resuming after epoch {start_epoch} from {checkpoint_path}")
     stopped_early = bool(history) and config.patience > 0 and stale_epochs >= config.patience
+
+    if config.eval_initial and start_epoch == 0:
+        # Epoch 0 = the starting (pretrained) weights: an epoch must beat them to replace them.
+        val_loss, accumulator = evaluate_chips(model, val_sampler, val_norm, num_classes, config.batch_size,
+                                               weights, device, progress)
+        scores = accumulator.scores(class_names)
+        initial_scores = {**scores, "val_loss": val_loss}
+        best = {"miou": scores["miou"], "epoch": 0, "scores": scores,
+                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        log(f"starting weights: val loss {val_loss:.4f}, val mIoU {scores['miou']:.3f}, "
+            f"OA {scores['overall_accuracy']:.3f}")
 
     for epoch in range(start_epoch, config.epochs):
         if stopped_early:
@@ -254,7 +312,7 @@ def train_segmentation(model: torch.nn.Module, train_scenes: list[LabelledScene]
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout / drop-path inside the model
         chips = sampler.training_chips(config.chips_per_epoch, rng, config.balanced_sampling)
-        _set_train_mode(model, config.freeze_encoder)
+        _set_train_mode(model, config.freeze_encoder, config.freeze_bn)
         loss_sum, loss_count = 0.0, 0
         for step in range(steps_per_epoch):
             batch_chips = chips[step * config.batch_size:(step + 1) * config.batch_size]
@@ -286,7 +344,7 @@ def train_segmentation(model: torch.nn.Module, train_scenes: list[LabelledScene]
                   "iou": scores["iou"], "lr": optimizer.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - started, 2)}
         history.append(record)
-        improved = best["epoch"] == 0 or scores["miou"] > best["miou"] + config.min_delta
+        improved = best["state"] is None or scores["miou"] > best["miou"] + config.min_delta
         if improved:
             best = {"miou": scores["miou"], "epoch": epoch + 1, "scores": scores,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
@@ -305,6 +363,7 @@ def train_segmentation(model: torch.nn.Module, train_scenes: list[LabelledScene]
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "history": history, "best_miou": best["miou"], "best_epoch": best["epoch"],
                 "best_scores": best["scores"], "best_state": best["state"], "stale_epochs": stale_epochs,
+                "initial_scores": initial_scores,
             })
         progress.update(0.95 * (epoch + 1) / config.epochs,
                         f"epoch {epoch + 1}/{config.epochs}: val mIoU {scores['miou']:.3f}")
@@ -313,8 +372,9 @@ def train_segmentation(model: torch.nn.Module, train_scenes: list[LabelledScene]
         model.load_state_dict(best["state"])
     model.eval()
     if best["scores"]:
-        log(format_scores(best["scores"], f"best epoch {best['epoch']} (validation)"))
+        log(format_scores(best["scores"], f"best epoch {best['epoch']} (validation)" if best["epoch"] else
+                          "no epoch beat the starting weights, which are kept (validation)"))
     return TrainOutcome(model=model, history=history, best_epoch=best["epoch"], best_scores=best["scores"],
                         stopped_early=stopped_early, resumed_from=start_epoch,
                         checkpoint=str(checkpoint_path) if checkpoint_path else None,
-                        class_weights=[float(w) for w in weights_np])
+                        class_weights=[float(w) for w in weights_np], initial_scores=initial_scores)

@@ -162,13 +162,14 @@ def test_cli_finetune_prints_the_summary_table_and_resumes(tmp_path, tiny_model,
 
     code, stdout, stderr = _main(capsys, *common, "--epochs", 2, "--resume")
     assert code == 0, stderr
-    lines = stdout.splitlines()  # the same table as python -m backend.trainers.finetune
+    # the same table as python -m backend.trainers.finetune (a note line when the base model's weights were kept)
+    lines = [line for line in stdout.splitlines() if not line.startswith("no epoch beat the base model")]
     assert lines[0] == f"model: {tmp_path / 'ft' / 'cli_ft.pth'}"
     assert lines[1] == f"resumed after epoch 1 from {first['checkpoint']}"
     assert lines[2].split() == ["epoch", "train_loss", "val_loss", "val_mIoU"]
     assert [line.split()[0] for line in lines[3:5]] == ["1", "2"]
     assert float(lines[3].split()[1]) == pytest.approx(first["loss_curve"][0]["train_loss"], abs=1e-4)
-    assert lines[5].split() == ["fine-tuned", "random", "forest"]
+    assert lines[5].split() == ["fine-tuned", "random", "forest", "base", "model"]
     assert lines[6].startswith("OA") and lines[7].startswith("mIoU")
     assert sorted(line.split()[1] for line in lines[8:]) == ["forest", "water"]  # IoU per class
     assert not stdout.lstrip().startswith("{")

@@ -99,6 +99,52 @@ def test_head_is_kept_when_classes_match(small_base_model):
     torch.testing.assert_close(new.backbone.state_dict(), base.backbone.state_dict())
 
 
+def test_new_head_starts_from_the_base_rows_of_known_classes(small_base_model):
+    from models.checkpoint import load_model_file
+    from backend.trainers.finetune import adapt_head, base_class_rows
+
+    base, meta = load_model_file(small_base_model)
+    names = [c["name"] for c in meta["classes"]]
+    classes = [{"value": 1, "name": "Forest", "color": "#000000"}, {"value": 2, "name": "water", "color": "#111111"},
+               {"value": 3, "name": "crop", "color": "#222222"}]
+    assert base_class_rows(meta, classes) == [names.index("forest"), names.index("water"), None]
+    new, replaced = adapt_head(base, meta, classes)
+    assert replaced
+    old_head, new_head = base.decode_head.conv_seg, new.decode_head.conv_seg
+    for index, row in enumerate([names.index("forest"), names.index("water")]):
+        torch.testing.assert_close(new_head.weight[index], old_head.weight[row])
+        torch.testing.assert_close(new_head.bias[index], old_head.bias[row])
+    assert not any(torch.equal(new_head.weight[2], w) for w in old_head.weight)   # a new class starts random
+    # before any training the copy scores the known classes exactly as the base model does
+    base.eval(), new.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x)[:, :2], base(x)[:, [names.index("forest"), names.index("water")]])
+
+
+def test_finetune_keeps_batch_norm_statistics_and_learns_slowly_in_the_encoder(finetune_result, small_base_model):
+    from models.checkpoint import load_model_file
+    from backend.trainers.finetune import PRETRAINED_LR
+    from backend.trainers.segmentation import load_checkpoint
+
+    result, _, _ = finetune_result
+    assert result["metrics"]["freeze_bn"] and result["metrics"]["new_classes"] == []
+    base, _ = load_model_file(small_base_model)
+    tuned, _ = load_model_file(result["model"])
+    # the checkpoint holds the last epoch's weights even when an earlier epoch (or the base) was best
+    last = load_checkpoint(result["checkpoint"])
+    base_buffers = dict(base.named_buffers())
+    for name, buffer in tuned.named_buffers():
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            torch.testing.assert_close(buffer, base_buffers[name], msg=name)
+            torch.testing.assert_close(last["model"][name], base_buffers[name], msg=name)
+    groups = {g["name"]: g["initial_lr"] for g in last["optimizer"]["param_groups"]}
+    # every class is known to the base model: classifier and decoder at PRETRAINED_LR, encoder at a tenth
+    assert groups == {"head": pytest.approx(PRETRAINED_LR), "encoder": pytest.approx(PRETRAINED_LR / 10)}
+    assert any(not torch.equal(last["model"][k], v) for k, v in base.state_dict().items()
+               if k.startswith("backbone."))   # the encoder did learn (freeze_encoder is false)
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"labels": None}, "missing: labels"),
     ({"epochs": "five"}, "epochs must be an integer"),

@@ -111,3 +111,69 @@ def test_resume_refuses_a_checkpoint_for_other_classes(scenes, tmp_path):
     with pytest.raises(InputError, match="trained for classes"):
         train_segmentation(_model(), train, val, renamed, IMAGENET_NORMALIZATION, _config(epochs=2),
                            checkpoint_path=tmp_path / "c.pth", resume=True)
+
+
+def _batch_norm_buffers(model):
+    return {name: buffer.clone() for name, buffer in model.named_buffers()
+            if name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+
+
+def test_frozen_batch_norm_keeps_the_running_statistics(scenes):
+    train, val = scenes
+    model = _model()
+    before = _batch_norm_buffers(model)
+    assert before, "the decode head has BatchNorm layers"
+    train_segmentation(model, train, val, NAMES, IMAGENET_NORMALIZATION, _config(epochs=1, freeze_bn=True))
+    after = _batch_norm_buffers(model)
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, msg=name)
+    # without freeze_bn the same run re-estimates them (so the check above is not vacuous)
+    free = _model()
+    train_segmentation(free, train, val, NAMES, IMAGENET_NORMALIZATION, _config(epochs=1))
+    moved = _batch_norm_buffers(free)
+    assert any(not torch.equal(moved[name], value) for name, value in before.items())
+
+
+def test_learning_rate_groups_scale_decoder_and_encoder():
+    from backend.trainers.segmentation import _build_optimizer
+
+    model = _model()
+    optimizer = _build_optimizer(model, _config(lr=1e-3, decoder_lr_scale=0.1, encoder_lr_scale=0.01))
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"classifier", "decoder", "encoder"}
+    assert groups["classifier"]["lr"] == pytest.approx(1e-3)
+    assert groups["decoder"]["lr"] == pytest.approx(1e-4)
+    assert groups["encoder"]["lr"] == pytest.approx(1e-5)
+    ids = lambda params: {id(p) for p in params}
+    assert ids(groups["classifier"]["params"]) == ids(model.decode_head.conv_seg.parameters())
+    assert ids(groups["encoder"]["params"]) == ids(model.backbone.parameters())
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+    # decoder_lr_scale 1 (training from scratch): one head group in model order, encoder at lr * encoder_lr_scale
+    optimizer = _build_optimizer(model, _config(lr=3e-4))
+    head, encoder = optimizer.param_groups
+    assert head["lr"] == pytest.approx(3e-4) and encoder["lr"] == pytest.approx(3e-5)
+    assert [id(p) for p in head["params"]] == [id(p) for p in model.decode_head.parameters()]
+
+    # frozen encoder: no encoder group, its parameters do not learn
+    optimizer = _build_optimizer(model, _config(freeze_encoder=True, decoder_lr_scale=0.1))
+    assert [g["name"] for g in optimizer.param_groups] == ["classifier", "decoder"]
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_starting_weights_are_kept_when_no_epoch_beats_them(scenes, tmp_path):
+    train, val = scenes
+    model = _model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    # No gain can exceed min_delta = 1.0 mIoU: the starting weights (epoch 0) stay the best.
+    outcome = train_segmentation(model, train, val, NAMES, IMAGENET_NORMALIZATION,
+                                 _config(epochs=2, eval_initial=True, min_delta=1.0),
+                                 checkpoint_path=tmp_path / "c.pth")
+    assert outcome.best_epoch == 0 and [h["epoch"] for h in outcome.history] == [1, 2]
+    assert 0.0 <= outcome.best_scores["miou"] <= 1.0
+    for key, value in outcome.model.state_dict().items():
+        torch.testing.assert_close(value, start[key], msg=key)
+    # an epoch that beats the starting weights replaces them
+    better = train_segmentation(_model(), train, val, NAMES, IMAGENET_NORMALIZATION,
+                                _config(epochs=1, eval_initial=True, min_delta=-1.0))
+    assert better.best_epoch == 1
