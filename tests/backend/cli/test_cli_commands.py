@@ -20,16 +20,6 @@ from backend import cli
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _main(capsys, *args):
-    """Run the CLI in this process (no interpreter start-up); returns (code, stdout, stderr)."""
-    try:
-        code = cli.main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _run(*args, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "backend.cli", *map(str, args)], cwd=ROOT, env=env,
@@ -86,9 +76,9 @@ def test_cli_subcommand_flags_follow_the_schemas(kind, flags, capsys):
         assert flag in text, flag
 
 
-def test_cli_landcover_small_real_run(tmp_path, scene, tiny_model, capsys):
+def test_cli_landcover_small_real_run(tmp_path, scene, tiny_model, run_cli):
     out = tmp_path / "out"
-    code, stdout, stderr = _main(capsys, "landcover", "--hr", scene, "--model", tiny_model, "--output-dir", out,
+    code, stdout, stderr = run_cli("landcover", "--hr", scene, "--model", tiny_model, "--output-dir", out,
                                  "--tile-size", 64, "--overlap", 16, "--device", "cpu", "--name", "cli_map")
     assert code == 0, stderr
     answer = json.loads(stdout)
@@ -99,9 +89,9 @@ def test_cli_landcover_small_real_run(tmp_path, scene, tiny_model, capsys):
     assert "100%" in stderr  # the progress bar reached the end
 
 
-def test_cli_relative_paths_are_made_absolute(tmp_path, scene, tiny_model, capsys, monkeypatch):
+def test_cli_relative_paths_are_made_absolute(tmp_path, scene, tiny_model, run_cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, stderr = _main(capsys, "landcover", "--hr", scene.name, "--model", tiny_model, "--output-dir",
+    code, _, stderr = run_cli("landcover", "--hr", scene.name, "--model", tiny_model, "--output-dir",
                             "rel_out", "--tile-size", 64, "--overlap", 16, "--no-vectorize", "--quiet")
     assert code == 0, stderr
     assert (tmp_path / "rel_out" / "landcover.tif").is_file()
@@ -119,9 +109,9 @@ def test_cli_relative_paths_are_made_absolute(tmp_path, scene, tiny_model, capsy
     (["export", "--source", "SCENE", "--dest", "OUT/x.txt"], "use a .gpkg or .shp name"),
     (["bogus"], "invalid choice"),
 ])
-def test_cli_bad_input_exits_2_with_message(tmp_path, scene, args, words, capsys):
+def test_cli_bad_input_exits_2_with_message(tmp_path, scene, args, words, run_cli):
     args = [str(scene) if a == "SCENE" else a.replace("OUT", str(tmp_path / "out")) for a in args]
-    code, _, stderr = _main(capsys, *args)
+    code, _, stderr = run_cli(*args)
     assert code == 2, stderr
     assert "error:" in stderr and words in stderr
 
@@ -150,17 +140,17 @@ def _two_class_scene(tmp_path):
     return raster, labels
 
 
-def test_cli_finetune_prints_the_summary_table_and_resumes(tmp_path, tiny_model, capsys):
+def test_cli_finetune_prints_the_summary_table_and_resumes(tmp_path, tiny_model, run_cli):
     raster, labels = _two_class_scene(tmp_path)
     common = ["finetune", "--raster", raster, "--labels", labels, "--class-field", "cls", "--base-model", tiny_model,
               "--output-dir", tmp_path / "ft", "--name", "cli_ft", "--freeze-encoder", "--chip-size", 64,
               "--chips-per-epoch", 2, "--batch-size", 2, "--rf-trees", 5, "--device", "cpu", "--quiet"]
-    code, stdout, stderr = _main(capsys, *common, "--epochs", 1, "--json")
+    code, stdout, stderr = run_cli(*common, "--epochs", 1, "--json")
     assert code == 0, stderr
     first = json.loads(stdout)  # --json: the whole result, as before
     assert first["metrics"]["epochs_run"] == 1 and Path(first["checkpoint"]).name == "cli_ft_checkpoint.pth"
 
-    code, stdout, stderr = _main(capsys, *common, "--epochs", 2, "--resume")
+    code, stdout, stderr = run_cli(*common, "--epochs", 2, "--resume")
     assert code == 0, stderr
     # the same table as python -m backend.trainers.finetune (a note line when the base model's weights were kept)
     lines = [line for line in stdout.splitlines() if not line.startswith("no epoch beat the base model")]
@@ -176,7 +166,7 @@ def test_cli_finetune_prints_the_summary_table_and_resumes(tmp_path, tiny_model,
 
     # Resuming with the other encoder setting is refused in plain words (the optimizer state would not fit).
     no_freeze = [a for a in common if a != "--freeze-encoder"]
-    code, _, stderr = _main(capsys, *no_freeze, "--epochs", 2, "--resume")
+    code, _, stderr = run_cli(*no_freeze, "--epochs", 2, "--resume")
     assert code == 2 and "was trained with the encoder frozen" in stderr and "start without resume" in stderr
     assert (tmp_path / "ft" / "cli_ft_checkpoint.pth").is_file()  # still there to resume properly
 
@@ -188,49 +178,49 @@ def test_cli_bad_input_process_exit_code(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_cli_non_raster_input_exits_2(tmp_path, tiny_model, capsys):
+def test_cli_non_raster_input_exits_2(tmp_path, tiny_model, run_cli):
     fake = tmp_path / "fake.tif"
     fake.write_text("hello")
-    code, _, stderr = _main(capsys, "landcover", "--hr", fake, "--model", tiny_model, "--output-dir",
+    code, _, stderr = run_cli("landcover", "--hr", fake, "--model", tiny_model, "--output-dir",
                             tmp_path / "o", "--quiet")
     assert code == 2
     assert stderr.startswith("error: ") and "fake.tif" in stderr
     assert not (tmp_path / "o").exists() or os.listdir(tmp_path / "o") == []
 
 
-def test_cli_export_real_run(tmp_path, capsys):
+def test_cli_export_real_run(tmp_path, run_cli):
     src = tmp_path / "a.gpkg"
     with fiona.open(src, "w", driver="GPKG", crs="EPSG:3857", layer="pts",
                     schema={"geometry": "Point", "properties": {"a_long_attribute_name": "str"}}) as dst:
         dst.write(fiona.Feature(geometry=fiona.Geometry(type="Point", coordinates=(1.0, 2.0)),
                                 properties=fiona.Properties.from_dict({"a_long_attribute_name": "v"})))
-    code, _, stderr = _main(capsys, "export", "--source", src, "--dest", tmp_path / "b.shp", "--quiet")
+    code, _, stderr = run_cli("export", "--source", src, "--dest", tmp_path / "b.shp", "--quiet")
     assert code == 0, stderr
     with fiona.open(tmp_path / "b.shp") as out:
         assert out.crs.to_epsg() == 3857 and [dict(f.properties) for f in out] == [{"a_long_att": "v"}]
 
 
-def test_cli_params_json_with_flag_override(tmp_path, scene, tiny_model, capsys):
+def test_cli_params_json_with_flag_override(tmp_path, scene, tiny_model, run_cli):
     params = {"hr": [{"path": str(scene)}], "model": str(tiny_model), "output_dir": str(tmp_path / "pj"),
               "tile_size": 64, "overlap": 16, "vectorize": False, "name": "from_json"}
     (tmp_path / "p.json").write_text(json.dumps(params))
-    code, _, stderr = _main(capsys, "landcover", "--params-json", tmp_path / "p.json", "--name", "overridden",
+    code, _, stderr = run_cli("landcover", "--params-json", tmp_path / "p.json", "--name", "overridden",
                             "--quiet")
     assert code == 0, stderr
     assert sorted(p.name for p in (tmp_path / "pj").iterdir() if p.suffix == ".tif") == ["overridden.tif"]
 
 
-def test_cli_models_lists_json(tmp_path, tiny_model, capsys):
+def test_cli_models_lists_json(tmp_path, tiny_model, run_cli):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "mine.pth").write_bytes(tiny_model.read_bytes())
-    code, stdout, stderr = _main(capsys, "models", "--models-dir", tmp_path / "m")
+    code, stdout, stderr = run_cli("models", "--models-dir", tmp_path / "m")
     assert code == 0, stderr
     mine = [m for m in json.loads(stdout) if m["source"] == "user"]
     assert [(m["name"], m["task"]) for m in mine] == [("mine", "segmentation")]
 
 
-def test_cli_serve_refuses_public_host(tmp_path, capsys):
-    code, _, stderr = _main(capsys, "serve", "--host", "0.0.0.0", "--state-file", tmp_path / "s.json")
+def test_cli_serve_refuses_public_host(tmp_path, run_cli):
+    code, _, stderr = run_cli("serve", "--host", "0.0.0.0", "--state-file", tmp_path / "s.json")
     assert code == 2 and "127.0.0.1" in stderr
 
 
