@@ -5,8 +5,8 @@ input (one GDAL call per input per batch), cuts it into reflect-padded, normalis
 the batches; the calling thread runs the predictor and blends probabilities; a writer thread encodes
 finished rows into the output GeoTIFF. Probabilities are only held for the tiles in flight plus two
 carry bands (the overlap below the current tile row, the overlap right of the current batch). Memory
-therefore does not depend on the raster height; with the width only the carry band (`overlap` rows of
-K+1 floats) and the uint8 label rows grow, a few tens of MB at 20,000 px.
+therefore does not depend on the raster height; it does grow with the width (the carry band of
+`overlap` rows of K+1 floats and the uint8 label rows span it; see `make bench` for measured figures).
 """
 from __future__ import annotations
 
