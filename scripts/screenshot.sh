@@ -190,7 +190,7 @@ mkdir -p "$(dirname "$OUT")"
 echo "starting QGIS under Xvfb (profile in $WORK)..."
 set +e
 timeout "$TIMEOUT" xvfb-run -a -s "-screen 0 1600x1000x24" \
-    qgis --profiles-path "$WORK" --nologo --noversioncheck --skipbadlayers --code "$WORK/drive.py" \
+    qgis --profiles-path "$WORK" --nologo --noversioncheck --code "$WORK/drive.py" \
     >"$WORK/qgis.log" 2>&1
 rc=$?
 set -e
