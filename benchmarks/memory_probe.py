@@ -4,7 +4,7 @@ Run by benchmarks.run_all in a subprocess so each measurement starts from a clea
 Peak = VmHWM from /proc/self/status (the resident high-water mark of this process image, reset at
 exec); ru_maxrss is the fallback off Linux, but on Linux it starts at the parent's size at fork.
   python -m benchmarks.memory_probe RASTER OUT --model dummy|tiny [--runner engine|loop]
-                                    [--tile 512 --overlap 64 --batch 4]
+                                    [--tile 512 --overlap 64 --batch 0 (auto)]
 Prints one JSON line: {"peak_rss_mb", "baseline_rss_mb", "seconds", "megapixels", "tiles"}.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runner", choices=["engine", "loop"], default="engine")
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=0, help="engine tiles per batch (0: the product's automatic choice)")
     args = ap.parse_args(argv)
 
     import torch

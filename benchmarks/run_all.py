@@ -263,7 +263,7 @@ def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -
         print(f"   (memory runs {width}x{height} {kind} done)", flush=True)
     side = max(max(w, h) for w, h in shapes)
     full = side ** 2 * 7 * 4 / 2**20
-    return (table("3. Peak memory (VmHWM) of one run in a fresh process (tile 512/64; engine batch 4)",
+    return (table("3. Peak memory (VmHWM) of one run in a fresh process (tile 512/64; engine batch auto = 2 on CPU)",
                   ["raster (w x h)", "MP", "model", "runner", "RSS at start MB", "peak RSS MB", "added MB", "seconds"],
                   rows)
             + "\n'dummy' = a 1x1-convolution stand-in for the network (so the 20k case finishes in minutes): it\n"

@@ -51,7 +51,7 @@ def dated_stack(entries: Sequence[Tuple[QgsRasterLayer, Optional[dt.date]]], lab
 
 def landcover_params(hr: QgsRasterLayer, output_dir: str, name: str, *, bands: Sequence[int] = (1, 2, 3),
                      s2=(), s1=(), model: Optional[str] = None, tile_size: int = 512, overlap: int = 64,
-                     batch_size: int = 4, device: str = "auto", aoi: Optional[dict] = None,
+                     batch_size: int = 0, device: str = "auto", aoi: Optional[dict] = None,
                      vectorize: bool = True, min_area: float = 0.0, simplify: float = 0.0) -> dict:
     hr_path = raster_path(hr)  # refuses non-file layers before anything else is checked
     if hr.bandCount() < max(bands):

@@ -224,7 +224,7 @@ def read_change_probability(class_path: Path, confidence_path: Path) -> Tuple[np
 
 def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path, probability_path: Path, *,
                    model_path: Any = None, aoi: Optional[dict] = None, tile_size: Optional[int] = None,
-                   overlap: int = 32, batch_size: int = 4, device: str = "auto", symmetric: bool = True,
+                   overlap: int = 32, batch_size: int = 0, device: str = "auto", symmetric: bool = True,
                    threshold: float = 0.5, progress: Optional[Progress] = None,
                    tasks: Sequence[str] = ("change",)) -> Dict[str, Any]:
     """Run the change (or damage) model over the overlap of pre and post; returns the engine result,
@@ -420,7 +420,7 @@ def run_change(params: Dict[str, Any], progress: Optional[Progress] = None) -> D
 
     params: pre, post (path, {"path", "bands"}, or a list of tiles of one date -> mosaic), output_dir, name="change", model=None (default
     LEVIR-CD model), landcover_model=None, aoi=None, tile_size=None (model's), overlap=32,
-    batch_size=4, device="auto", threshold=0.5, symmetric=True, vectorize=True, min_area=0
+    batch_size=0 (auto), device="auto", threshold=0.5, symmetric=True, vectorize=True, min_area=0
     (m², pixels on ungeoreferenced images), simplify=0 (metres).
     """
     progress = progress or Progress()
@@ -439,7 +439,7 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
     simplify = _float_param(params, "simplify", 0.0)
     threshold = _float_param(params, "threshold", 0.5)
     overlap = int(params.get("overlap", 32) if params.get("overlap") is not None else 32)
-    batch_size = int(params.get("batch_size") or 4)
+    batch_size = int(params.get("batch_size") or 0)  # 0: the engine picks for the device
     device = resolve_device(params.get("device") or "auto")
     landcover_model = params.get("landcover_model")
     out_dir = Path(params["output_dir"]).resolve()

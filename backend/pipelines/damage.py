@@ -241,7 +241,7 @@ def run_damage(params: Dict[str, Any], progress=None) -> Dict[str, Any]:
     buildings=None (vector path, any CRS; without it buildings are localised with landcover_model),
     model=None (change model -> rule in the module docstring; a "damage" model -> DamageModel head),
     landcover_model=None (default land-cover model), aoi=None, ring_m=2.0, min_coverage=0.5,
-    min_building_area=20 (m², localised buildings only), tile_size, overlap=32, batch_size=4, device="auto".
+    min_building_area=20 (m², localised buildings only), tile_size, overlap=32, batch_size=0 (auto), device="auto".
     """
     import tempfile
 
@@ -271,7 +271,7 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
     min_coverage = _float_param(params, "min_coverage", MIN_COVERAGE)
     min_building_area = _float_param(params, "min_building_area", 20.0)
     overlap = int(params.get("overlap", 32) if params.get("overlap") is not None else 32)
-    batch_size = int(params.get("batch_size") or 4)
+    batch_size = int(params.get("batch_size") or 0)  # 0: the engine picks for the device
     device = resolve_device(params.get("device") or "auto")
     out_dir = Path(params["output_dir"]).resolve()
     paths = {k: out_dir / f"{name}{suffix}" for k, suffix in [

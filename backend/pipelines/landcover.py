@@ -123,7 +123,7 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
                          "use runtime 'auto' or 'onnx', or a .pth model file for 'torch'")
     tile_size = _int_param(params, "tile_size", int(meta.get("tile_size") or 512), 32)
     overlap = _int_param(params, "overlap", 64, 0)
-    batch_size = _int_param(params, "batch_size", 4, 1)
+    batch_size = _int_param(params, "batch_size", 0, 0)  # 0: the engine picks for the device
     classes = normalise_classes(meta["classes"])
     model_bands = list((meta.get("bands") or {}).get("hr") or [])
     norm = (meta.get("normalization") or {}).get("hr") or {}

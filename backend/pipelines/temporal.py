@@ -166,7 +166,7 @@ def _run(params: Dict[str, Any], progress: Progress, workdir: Path) -> Dict[str,
     simplify = _float_param(params, "simplify", 0.0)
     tile_size = int(params.get("tile_size") or 512)
     overlap = int(params.get("overlap", 64) if params.get("overlap") is not None else 64)
-    batch_size = int(params.get("batch_size") or 2)
+    batch_size = int(params.get("batch_size") or 0)  # 0: the engine picks for the device
     output_dir = Path(params["output_dir"])
 
     progress.update(0.0, "loading model")

@@ -27,7 +27,10 @@ class LandcoverPage(QWidget):
         self.model = ModelChooser(["segmentation", "temporal"])
         self.tile_size = spin(512, 64, 4096, 32, " px")
         self.overlap = spin(64, 0, 1024, 16, " px")
-        self.batch_size = spin(4, 1, 64)
+        self.batch_size = spin(0, 0, 64)
+        self.batch_size.setSpecialValueText("Auto")  # 0: the backend picks (8 on a GPU, 2 on a CPU)
+        self.batch_size.setToolTip("Tiles per model call. Auto: 8 on a GPU, 2 on a CPU (larger CPU batches "
+                                   "are not faster, they only use more memory).")
         self.device = device_combo()
         self.vectorize = QCheckBox("Also write polygons")
         self.vectorize.setToolTip("Polygonize the class raster into a GeoPackage (one polygon per class region)")

@@ -352,3 +352,13 @@ def test_processing_finetune_resume_maps_to_resume_true(plugin, fake_backend, lo
     assert params["output_dir"] == str(tmp_path / "pout") and out["MODEL"] == str(tmp_path / "pout" / "my_run.pth")
     processing.run("skysense:finetune", {**args, "NAME": "", "RESUME": False})
     assert _finetune_requests(fake_backend)[-1]["params"]["resume"] is False
+
+
+def test_batch_size_defaults_to_auto_and_is_sent_as_zero(plugin, fake_backend, loveda_crop, tmp_path):
+    page = plugin.dock.landcover
+    assert page.batch_size.value() == 0 and page.batch_size.text() == "Auto"
+    page.hr_layer.setLayer(_add_raster(loveda_crop, "hr"))
+    assert page.params(str(tmp_path), "lc")["batch_size"] == 0
+    page.batch_size.setValue(6)
+    assert page.batch_size.text() == "6" and page.params(str(tmp_path), "lc")["batch_size"] == 6
+    page.batch_size.setValue(0)

@@ -229,6 +229,26 @@ def test_reads_stream_by_batch_windows(make_raster, tmp_path, monkeypatch):
     assert len(windows) == res.tiles // 2  # one read per batch
 
 
+def test_batch_size_zero_picks_two_tiles_per_call_on_cpu(make_raster, tmp_path):
+    from backend.inference.engine import auto_batch_size
+
+    path = make_raster(np.full((3, 300, 1500), 100, np.uint8))
+    calls = []
+    torch_predictor = TorchPredictor(_model(1), "cpu")
+
+    def predictor(arrays):
+        calls.append(arrays[0].shape[0])
+        return torch_predictor(arrays)
+
+    predictor.device = "cpu"
+    res = run_inference([EngineInput(path, mean=[128.0] * 3, std=[64.0] * 3)], predictor, tmp_path / "o.tif",
+                        CLASSES, tile_size=128, overlap=32, batch_size=0)
+    assert max(calls) == 2 and sum(calls) == res.tiles
+    assert (auto_batch_size("cpu"), auto_batch_size("cuda"), auto_batch_size("cuda:1")) == (2, 8, 8)
+    with pytest.raises(InputError, match="batch_size must be at least 1"):
+        _run(path, _model(1), tmp_path / "bad.tif", batch_size=-1)
+
+
 def _peak_bytes(path, out, batch_size=2):
     tracemalloc.start()
     try:

@@ -45,6 +45,7 @@ def test_server_documented_params_validate(kind):
 def test_server_defaults_reach_the_pipelines():
     lc = params_model("landcover")(hr=[{"path": "/a.tif"}], output_dir="/o").model_dump(mode="json")
     assert (lc["name"], lc["tile_size"], lc["overlap"], lc["vectorize"], lc["device"]) == ("landcover", 512, 64, True, "auto")
+    assert lc["batch_size"] == 0  # automatic: the engine picks for the device
     ch = params_model("change")(pre="/a.tif", post="/b.tif", output_dir="/o").model_dump(mode="json")
     assert ch["tile_size"] is None and ch["overlap"] == 32 and ch["threshold"] == 0.5
     s2 = params_model("landcover")(s2=[{"path": "/s.tif", "date": "2020-02-29"}], output_dir="/o").model_dump(mode="json")
@@ -57,6 +58,7 @@ def test_server_defaults_reach_the_pipelines():
     ("landcover", {"hr": [{"path": "/a.tif", "bands": [0]}]}, "1-based"),
     ("landcover", {"hr": [], "s2": [], "s1": []}, "at least one input raster"),
     ("change", {"threshold": 1.5}, "threshold"),
+    ("landcover", {"batch_size": -1}, "batch_size"),
     ("finetune", {"chip_size": 100}, "multiple of 32"),
     ("finetune", {"epochs": 0}, "epochs"),
     ("export", {"format": "KML"}, "format"),

@@ -91,7 +91,8 @@ def test_server_unknown_param_field_is_422(client, auth, scene, out_root):
 @pytest.mark.parametrize("params, words", [
     ({"tile_size": 100}, "multiple of 32"),
     ({"overlap": 300, "tile_size": 512}, "overlap"),
-    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": -1}, "batch_size"),
+    ({"batch_size": 257}, "batch_size"),
     ({"device": "tpu"}, "device"),
 ])
 def test_server_bad_param_values_are_422(client, auth, scene, out_root, params, words):
