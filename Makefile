@@ -6,7 +6,7 @@ BACKEND_VENV := .venv/backend
 PLUGIN_VENV  := .venv/plugin
 BPY := $(BACKEND_VENV)/bin/python
 PPY := $(PLUGIN_VENV)/bin/python
-DATA ?= $(abspath ../shared/data)
+DATA ?= $(shell bash scripts/find_data.sh)
 export SKYSENSE_DATA := $(DATA)
 # Never write .aux.xml statistics next to inputs (the shared samples are read-only data).
 export GDAL_PAM_ENABLED := NO
