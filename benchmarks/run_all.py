@@ -268,10 +268,13 @@ def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -
                   rows)
             + "\n'dummy' = a 1x1-convolution stand-in for the network (so the 20k case finishes in minutes): it\n"
               "measures the runner's own buffers, reading and writing. Both runners share GDAL's block cache (up to\n"
-              "128 MB, GDAL_CACHEMAX), which fills on big rasters: that is the plain loop's whole rise. The engine\n"
-              "reads one window per batch and holds the batches in flight, a carry band (overlap rows x width x 8\n"
-              "float32) and uint8 label rows, so its extra memory does not grow with the raster HEIGHT (compare the\n"
-              "2048-wide rows) but does grow with the WIDTH (compare 2048, 10240 and 20480 wide).\n"
+              "128 MB, GDAL_CACHEMAX), which fills on big rasters: that is the plain loop's whole rise, and most of\n"
+              "the engine's from 2048² to 10k². The engine reads one window per batch, holds the batches in flight,\n"
+              "a carry band (overlap rows x panel width x 8 float32) and uint8 label rows of one panel. Rasters wider\n"
+              "than 8192 px run in column panels of at most ~8k px, so memory stops growing with the width there\n"
+              "(20480x2048 vs 40960x1024: same pixels, twice as wide) as it never grows with the height (2048x20480).\n"
+              "A 20480-wide raster's ~7k-px panels cost a few tens of MB more than a 2048-wide raster's one panel.\n"
+              "Peaks swing by about +-40 MB between identical runs (transient batch buffers meeting the allocator).\n"
               f"A whole-raster float32 probability array for {side}x{side} px and 7 classes would need {full:,.0f} MB.")
 
 
@@ -302,7 +305,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--speed-size", type=int, default=2048,
                     help="raster side for the speed runs (px; at 1024 the tile fitting dominates the figures)")
-    ap.add_argument("--memory-sizes", default="1024,10240,20480,2048x2048,2048x20480",
+    ap.add_argument("--memory-sizes", default="2048,10240,20480,2048x20480,20480x2048,40960x1024",
                     help="rasters for the memory runs: side, or WIDTHxHEIGHT")
     ap.add_argument("--real-model-memory", type=int, default=1024,
                     help="also measure memory with the real tiny model at this size (0: skip)")

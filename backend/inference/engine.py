@@ -5,8 +5,9 @@ input (one GDAL call per input per batch), cuts it into reflect-padded, normalis
 the batches; the calling thread runs the predictor and blends probabilities; a writer thread encodes
 finished rows into the output GeoTIFF. Probabilities are only held for the tiles in flight plus two
 carry bands (the overlap below the current tile row, the overlap right of the current batch). Memory
-therefore does not depend on the raster height; it does grow with the width (the carry band of
-`overlap` rows of K+1 floats and the uint8 label rows span it; see `make bench` for measured figures).
+therefore does not depend on the raster height; rasters wider than `panel_width` are processed in
+column panels (each recomputing the one tile column it shares with its neighbour), so the buffers that
+span a tile row (carry band, label rows, the writer's block row) do not grow with the width either.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from backend.errors import CancelledError, InputError, OutputError
 from backend.io.aoi import aoi_mask, aoi_window, parse_aoi
 from backend.io.atomic import AtomicOutputs
 from backend.io.raster import Grid, open_aligned
-from backend.io.tiling import TileLayout, blend_weights, pad_to, plan_tiles
+from backend.io.tiling import Panel, TileLayout, blend_weights, pad_to, plan_panels, plan_tiles
 from backend.io.writer import StripWriter, class_colormap
 from backend.progress import Progress
 
@@ -108,16 +109,18 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> None:
 
 
 class _Reader(threading.Thread):
-    """Queues ("row", i) then, per batch of that tile row, ("batch", i, cols, arrays, valid) items.
+    """Per panel and tile row, queues ("row", panel, i) then, per batch of that tile row,
+    ("batch", i, cols, arrays, valid) items.
 
     Each batch reads only its own window (its tiles' columns, one GDAL call per input), so the
     reader's buffers do not grow with the raster width; neighbouring batches share `overlap`
     columns, which GDAL's block cache serves without decoding them again."""
 
-    def __init__(self, sources, specs, layout: TileLayout, window: Window, grid: Grid, aoi, batch_size: int,
-                 out: queue.Queue, stop: threading.Event):
+    def __init__(self, sources, specs, layout: TileLayout, panels: list, window: Window, grid: Grid, aoi,
+                 batch_size: int, out: queue.Queue, stop: threading.Event):
         super().__init__(name="skysense-reader", daemon=True)
         self.sources, self.layout, self.window, self.grid, self.aoi = sources, layout, window, grid, aoi
+        self.panels = panels
         self.batch_size, self.out, self.stop = batch_size, out, stop
         self.norm = []
         for src, spec in zip(sources, specs):
@@ -160,14 +163,15 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         try:
             L = self.layout
-            col_batches = _split(L.cols, self.batch_size)
-            for i in range(L.rows):
-                row0 = i * L.stride
-                h = min(L.tile, L.height - row0)
-                _put(self.out, ("row", i), self.stop)
-                for cols in col_batches:
-                    arrays, valid = self._read_batch(row0, h, cols)
-                    _put(self.out, ("batch", i, cols, arrays, valid), self.stop)
+            for panel in self.panels:
+                col_batches = [[panel.first + j for j in cols] for cols in _split(panel.tile_columns, self.batch_size)]
+                for i in range(L.rows):
+                    row0 = i * L.stride
+                    h = min(L.tile, L.height - row0)
+                    _put(self.out, ("row", panel, i), self.stop)
+                    for cols in col_batches:
+                        arrays, valid = self._read_batch(row0, h, cols)
+                        _put(self.out, ("batch", i, cols, arrays, valid), self.stop)
             _put(self.out, ("end",), self.stop)
         except _Stop:
             pass
@@ -179,7 +183,7 @@ class _Reader(threading.Thread):
 
 
 class _Writer(threading.Thread):
-    """Writes finished row strips; keeps the first error for the main thread."""
+    """Writes finished row strips (col_off, labels[, confidence]); keeps the first error for the main thread."""
 
     def __init__(self, writers: list, stop: threading.Event, nodata: int):
         super().__init__(name="skysense-writer", daemon=True)
@@ -196,9 +200,10 @@ class _Writer(threading.Thread):
             if self.error is not None or self.stop.is_set():
                 continue  # failed or cancelled: drain the queue without writing
             try:
-                self.counts += _class_counts(item[0])
-                for writer, rows in zip(self.writers, item):
-                    writer.write(rows)
+                col_off, strips = item[0], item[1:]
+                self.counts += _class_counts(strips[0])
+                for writer, rows in zip(self.writers, strips):
+                    writer.write(rows, col_off)
             except BaseException as exc:
                 self.error = exc
                 self.stop.set()
@@ -254,7 +259,7 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
                   grid: Optional[Grid] = None, allow_pixel_grid: bool = False,
                   confidence_path=None, progress: Optional[Progress] = None,
                   outputs: Optional[AtomicOutputs] = None, size_multiple: int = 32, prefetch: int = 3,
-                  tags: Optional[dict] = None) -> EngineResult:
+                  tags: Optional[dict] = None, panel_width: int = 8192) -> EngineResult:
     """Predict a class raster from N aligned inputs, tile by tile, streaming over row strips.
 
     inputs: EngineInput per model input (1 for land cover, 2 for change/damage); all are read on
@@ -268,6 +273,8 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
     confidence_path: also write max probability as uint8 percent (0..100, nodata 255).
     outputs: an AtomicOutputs to write into (the caller commits it together with other files);
       without it the engine commits its own files at the end.
+    panel_width: wider outputs are processed in column panels of about this width (flat memory,
+      identical labels; one extra tile column per panel boundary); 0 = one panel.
     Raises InputError (bad inputs), OutputError (write failure: previous files untouched),
     CancelledError (progress cancelled: no output left behind).
     """
@@ -298,6 +305,8 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
             tile_size, overlap = int(fixed), min(overlap, int(fixed) // 2)
         layout = plan_tiles(out_grid.height, out_grid.width, tile_size, overlap, size_multiple,
                             shrink=not fixed)
+        panels = plan_panels(layout, panel_width)
+        n_tiles = layout.rows * sum(p.tile_columns for p in panels)
         if outputs is None:
             outputs = AtomicOutputs(output_path.parent)
         class_tags = {"skysense_classes": str([(c["value"], c["name"]) for c in classes])}
@@ -312,16 +321,16 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
             writers.append(StripWriter(conf_tmp, out_grid, nodata=255, descriptions=["confidence_percent"],
                                        final_name=confidence_path))
         read_q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-        reader = _Reader(sources, inputs, layout, window, ref, aoi_geom, batch_size, read_q, stop)
+        reader = _Reader(sources, inputs, layout, panels, window, ref, aoi_geom, batch_size, read_q, stop)
         writer_thread = _Writer(writers, stop, nodata)
         reader.start()
         writer_thread.start()
         device = getattr(predictor, "device", "cpu")
         precision = getattr(predictor, "precision", None)
-        progress.update(0.0, f"predicting {layout.n_tiles} tiles of {layout.tile} px on {device}"
+        progress.update(0.0, f"predicting {n_tiles} tiles of {layout.tile} px on {device}"
                              + (f" ({precision})" if precision else ""))
 
-        _stream(layout, predictor, lut, nodata, len(classes), read_q, reader, writer_thread, progress,
+        _stream(layout, n_tiles, predictor, lut, nodata, len(classes), read_q, reader, writer_thread, progress,
                 with_confidence=confidence_path is not None)
 
         writer_thread.q.put(None)
@@ -337,7 +346,7 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
             path=output_path, written_path=output_path if own_outputs else outputs.path_for(output_path),
             confidence_path=confidence_path,
             confidence_written_path=(confidence_path if own_outputs else conf_tmp) if confidence_path else None,
-            grid=out_grid, window=window, device=device, tiles=layout.n_tiles,
+            grid=out_grid, window=window, device=device, tiles=n_tiles,
             seconds=time.perf_counter() - started,
             class_counts={int(c["value"]): int(counts[c["value"]]) for c in classes},
             valid_pixels=int(counts.sum() - counts[nodata]), nodata=nodata)
@@ -376,19 +385,24 @@ def _as_probs(out) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read_q: queue.Queue,
+def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int, K: int, read_q: queue.Queue,
             reader: threading.Thread, writer: _Writer, progress: Progress, with_confidence: bool) -> None:
-    """Consume batches in order, blend with carries, hand finished row strips to the writer.
+    """Consume batches in order, blend with carries, hand each panel's finished row strips to the writer.
 
     Blending runs in torch on the device the predictor answered on (the GPU for CUDA models), so
     only uint8 labels travel back to the host, and CPU runs use torch's threads. Carries: `top`
     (the overlap rows below the current tile row, updated in place column range by column range,
-    as each range is read before it is overwritten) and `left` (the overlap right of the batch)."""
+    as each range is read before it is overwritten; it spans the panel's tiles, not the raster) and
+    `left` (the overlap right of the batch). Column indices are the layout's; `base` is where the
+    current panel's first tile starts. Only the panel's own columns are labelled: pixels left of it
+    lack the previous panel's tiles, pixels right of it the next panel's."""
     T, O, S, W = L.tile, L.overlap, L.stride, L.width
     device = weights = lut_t = top = None
     done = 0
     left = None
+    panel: Optional[Panel] = None
     labels = conf = None
+    base = 0
     last_row = False
     while True:
         try:
@@ -407,11 +421,12 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
         if kind == "end":
             return
         if kind == "row":
-            row_i = item[1]
+            _, panel, row_i = item
+            base = panel.first * S
             last_row = row_i == L.rows - 1
             rows_out = min(T if last_row else S, L.height - row_i * S)
-            labels = np.full((rows_out, W), nodata, np.uint8)
-            conf = np.full((rows_out, W), 255, np.uint8) if with_confidence else None
+            labels = np.full((rows_out, panel.stop - panel.start), nodata, np.uint8)
+            conf = np.full(labels.shape, 255, np.uint8) if with_confidence else None
             left = None
             continue
         _, i, cols, arrays, valid = item
@@ -424,7 +439,9 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
             device = probs.device
             weights = torch.from_numpy(blend_weights(T, O).copy()).to(device)
             lut_t = torch.from_numpy(lut).to(device)
-            top = torch.zeros((K + 1, O, L.padded_width), dtype=torch.float32, device=device) if O else None
+        if O and (top is None or top.shape[2] < (panel.tile_columns - 1) * S + T):
+            top = None  # free the narrower band before allocating the wider one
+            top = torch.zeros((K + 1, O, (panel.tile_columns - 1) * S + T), dtype=torch.float32, device=device)
         ja, jb = cols[0], cols[-1]
         x0, x1 = ja * S, jb * S + T
         local = torch.zeros((K + 1, T, x1 - x0), dtype=torch.float32, device=device)
@@ -435,31 +452,32 @@ def _stream(L: TileLayout, predictor, lut: np.ndarray, nodata: int, K: int, read
             off = (j - ja) * S
             local[:K, :, off:off + T] += probs[b]
             local[K, :, off:off + T] += weights
-        last_col = jb == L.cols - 1
-        fc1 = x1 if last_col else (jb + 1) * S
+        last_col = jb == panel.last
+        fc1 = x1 if jb == L.cols - 1 else (jb + 1) * S
         block = local[:, :, :fc1 - x0]
         if top is not None:
             if i > 0:
-                block[:, :O] += top[:, :, x0:fc1]
+                block[:, :O] += top[:, :, x0 - base:fc1 - base]
             if not last_row:
-                top[:, :, x0:fc1] = block[:, S:S + O]
+                top[:, :, x0 - base:fc1 - base] = block[:, S:S + O]
         left = None if last_col or not O else local[:, :, fc1 - x0:fc1 - x0 + O].clone()
-        c1 = min(fc1, W)
-        if c1 > x0:
+        c0, c1 = max(x0, panel.start), min(fc1, W, panel.stop)
+        if c1 > c0:
             rows_out = labels.shape[0]
-            region = block[:, :rows_out, :c1 - x0]
+            region = block[:, :rows_out, c0 - x0:c1 - x0]
             # The summed weight is the same for every class of a pixel: the argmax needs no division.
             best, index = region[:K].max(dim=0)
             out_labels = lut_t[index].cpu().numpy()
-            invalid = ~valid[:rows_out, :c1 - x0]
+            invalid = ~valid[:rows_out, c0 - x0:c1 - x0]
             out_labels[invalid] = nodata
-            labels[:, x0:c1] = out_labels
+            labels[:, c0 - panel.start:c1 - panel.start] = out_labels
             if conf is not None:
                 out_conf = torch.round(best / region[K] * 100).to(torch.uint8).cpu().numpy()
                 out_conf[invalid] = 255
-                conf[:, x0:c1] = out_conf
+                conf[:, c0 - panel.start:c1 - panel.start] = out_conf
         done += len(cols)
         if last_col:
-            writer.submit((labels, conf) if conf is not None else (labels,))
+            strips = (labels, conf) if conf is not None else (labels,)
+            writer.submit((panel.start,) + strips)
             _release_free_memory()
-        progress.update(done / L.n_tiles, f"tile {done}/{L.n_tiles}")
+        progress.update(done / n_tiles, f"tile {done}/{n_tiles}")

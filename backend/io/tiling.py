@@ -15,7 +15,7 @@ import numpy as np
 
 from backend.errors import InputError
 
-__all__ = ["TileLayout", "plan_tiles", "blend_weights", "pad_to"]
+__all__ = ["TileLayout", "Panel", "plan_tiles", "plan_panels", "blend_weights", "pad_to"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,57 @@ def plan_tiles(height: int, width: int, tile_size: int, overlap: int, multiple: 
         if best is None or cost < best[0]:  # ties keep the larger tile (fewer model calls)
             best = (cost, size)
     return TileLayout(int(height), int(width), int(best[1]), int(overlap))
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A column panel: owns output columns [start, stop) and computes tile columns first..last, i.e.
+    every tile that touches an owned column, so owned pixels blend exactly as in one whole-width pass."""
+
+    start: int
+    stop: int
+    first: int
+    last: int
+
+    @property
+    def tile_columns(self) -> int:
+        return self.last - self.first + 1
+
+
+def _panel(L: TileLayout, start: int, stop: int) -> Panel:
+    # tile j spans [j*S, j*S + T): it touches [start, stop) iff j*S < stop and j*S + T > start
+    first = max(0, (start - L.tile) // L.stride + 1)
+    last = min(L.cols - 1, -(-stop // L.stride) - 1)
+    return Panel(start, stop, first, last)
+
+
+def _shared_tiles(L: TileLayout, boundary: int) -> int:
+    """Tile columns both panels beside `boundary` must compute (1, or 2 inside an overlap band)."""
+    return _panel(L, 0, boundary).last - _panel(L, boundary, L.width).first + 1
+
+
+def plan_panels(L: TileLayout, max_width: int, align: int = 512) -> list:
+    """Split the window into column panels of at most ~max_width owned columns.
+
+    Width-spanning buffers (the carry band, label rows, the writer's block row) then scale with the
+    panel, not the raster: memory stays flat however wide the raster is. Boundaries sit on multiples
+    of `align` (the output's block size, so every compressed block is written once) and, among the
+    nearby multiples, where a single tile column covers them, so each boundary recomputes one tile
+    column (~5 % more tiles for 8192-px panels of 512-px tiles). max_width <= 0: one panel."""
+    if max_width <= 0 or L.width <= max_width or L.width <= 2 * align:
+        return [_panel(L, 0, L.width)]
+    count = math.ceil(L.width / max_width)
+    bounds = [0]
+    for k in range(1, count):
+        ideal = k * L.width / count
+        base = int(round(ideal / align)) * align
+        options = [base + d * align for d in (0, -1, 1, -2, 2)]
+        options = [b for b in options if bounds[-1] + align <= b <= L.width - align]
+        if not options:
+            continue
+        bounds.append(min(options, key=lambda b: (_shared_tiles(L, b), abs(b - ideal))))
+    bounds.append(L.width)
+    return [_panel(L, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @lru_cache(maxsize=8)

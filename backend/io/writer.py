@@ -1,5 +1,6 @@
 """Streaming GeoTIFF writer for class rasters: tiled (512), compressed, written row strip by row strip
-in whole block rows (each compressed block is written once), with colour table and overviews."""
+(in column panels for wide rasters) in whole block rows, each compressed block written once, with colour
+table and overviews."""
 from __future__ import annotations
 
 import warnings
@@ -37,11 +38,14 @@ def class_colormap(classes: Sequence[dict], nodata: Optional[int]) -> dict:
 
 
 class StripWriter:
-    """Write an image top to bottom: `write(rows[count, h, width])` appends h rows.
+    """Write an image top to bottom, in one or more column panels left to right:
+    `write(rows[count, h, panel_width], col_off)` appends h rows to the panel starting at col_off.
 
-    Rows are copied into a one-block-row buffer (512 rows) and written when it is full, so every
-    compressed tile is encoded once. `path` should be a temporary name (see AtomicOutputs); `final_name` is only used
-    in error messages. Any GDAL/OS failure becomes OutputError naming the file.
+    A panel is written completely (all rows) before the next one starts at the column where it ended.
+    Rows are copied into a one-block-row buffer of the panel's width (512 rows) and written when it is
+    full, so every compressed tile is encoded once when panels start on multiples of 512. `path`
+    should be a temporary name (see AtomicOutputs); `final_name` is only used in error messages. Any
+    GDAL/OS failure becomes OutputError naming the file.
     """
 
     def __init__(self, path, grid: Grid, count: int = 1, dtype="uint8", nodata=None,
@@ -52,10 +56,10 @@ class StripWriter:
         self.final_name = Path(final_name or path)
         self.grid, self.count, self.dtype = grid, count, np.dtype(dtype)
         self.nodata, self.colormap, self.overviews = nodata, colormap, overviews
-        self.rows_written = 0
-        # One block row of buffer, filled in place: whole compressed blocks are encoded once, and
-        # memory stays at BLOCK rows of the width whatever the strip heights are.
-        self._buffer = np.empty((count, min(BLOCK, grid.height), grid.width), self.dtype)
+        self.rows_written = 0          # rows finished in the current panel
+        self.columns_done = 0          # columns of all finished panels
+        self._panel = None             # (col_off, width) of the panel being written
+        self._buffer = None
         self._filled = 0
         profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=self.dtype.name,
                        crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True,
@@ -79,11 +83,30 @@ class StripWriter:
     def _error(self, exc: BaseException) -> OutputError:
         return OutputError(f"could not write {self.final_name}: {describe_os_error(exc)}")
 
-    def write(self, rows: np.ndarray) -> None:
+    def _start_panel(self, col_off: int, width: int) -> None:
+        if self._panel is not None:
+            if self.rows_written + self._filled != self.grid.height:
+                raise ValueError(f"{self.final_name}: panel at column {self._panel[0]} left unfinished "
+                                 f"({self.rows_written + self._filled} of {self.grid.height} rows)")
+            self.columns_done += self._panel[1]
+        if col_off != self.columns_done or width < 1 or col_off + width > self.grid.width:
+            raise ValueError(f"{self.final_name}: panel of {width} columns at {col_off} does not continue "
+                             f"at column {self.columns_done} within the width {self.grid.width}")
+        self._panel = (col_off, width)
+        self.rows_written = 0
+        # One block row of buffer, filled in place: whole compressed blocks are encoded once, and
+        # memory stays at BLOCK rows of the panel width whatever the strip heights are.
+        if self._buffer is None or self._buffer.shape[2] != width:
+            self._buffer = None  # free the old panel's buffer before allocating the new one
+            self._buffer = np.empty((self.count, min(BLOCK, self.grid.height), width), self.dtype)
+
+    def write(self, rows: np.ndarray, col_off: int = 0) -> None:
         if rows.ndim == 2:
             rows = rows[None]
-        if rows.shape[0] != self.count or rows.shape[2] != self.grid.width:
-            raise ValueError(f"expected rows of shape ({self.count}, h, {self.grid.width}), got {rows.shape}")
+        if rows.shape[0] != self.count:
+            raise ValueError(f"expected rows of shape ({self.count}, h, w), got {rows.shape}")
+        if self._panel is None or self._panel != (col_off, rows.shape[2]):
+            self._start_panel(col_off, rows.shape[2])
         if self.rows_written + self._filled + rows.shape[1] > self.grid.height:
             raise ValueError(f"{self.final_name}: more rows than the raster's {self.grid.height}")
         done = 0
@@ -99,7 +122,8 @@ class StripWriter:
         if self._filled <= 0:
             return
         try:
-            window = rasterio.windows.Window(0, self.rows_written, self.grid.width, self._filled)
+            col_off, width = self._panel
+            window = rasterio.windows.Window(col_off, self.rows_written, width, self._filled)
             self._ds.write(self._buffer[:, :self._filled], window=window)
         except Exception as exc:
             raise self._error(exc) from None
@@ -112,8 +136,10 @@ class StripWriter:
             return
         try:
             self._flush()
-            if self.rows_written != self.grid.height:
-                raise OutputError(f"internal error: wrote {self.rows_written} of {self.grid.height} rows "
+            panel_width = self._panel[1] if self._panel else 0
+            if self.rows_written != self.grid.height or self.columns_done + panel_width != self.grid.width:
+                raise OutputError(f"internal error: wrote {self.rows_written} of {self.grid.height} rows and "
+                                  f"{self.columns_done + panel_width} of {self.grid.width} columns "
                                   f"to {self.final_name}")
             self._ds.close()
             self._ds = None

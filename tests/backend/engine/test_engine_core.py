@@ -249,10 +249,10 @@ def test_batch_size_zero_picks_two_tiles_per_call_on_cpu(make_raster, tmp_path):
         _run(path, _model(1), tmp_path / "bad.tif", batch_size=-1)
 
 
-def _peak_bytes(path, out, batch_size=2):
+def _peak_bytes(path, out, batch_size=2, **kw):
     tracemalloc.start()
     try:
-        _run(path, _model(1), out, tile_size=128, overlap=32, batch_size=batch_size)
+        _run(path, _model(1), out, tile_size=128, overlap=32, batch_size=batch_size, **kw)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -267,15 +267,67 @@ def test_memory_does_not_grow_with_raster_height(make_raster, tmp_path):
     assert peak_big < 1.3 * peak_small + 2_000_000, (peak_small, peak_big)
 
 
-def test_memory_grows_only_by_label_rows_with_raster_width(make_raster, tmp_path):
+def test_without_panels_memory_grows_only_by_label_rows_with_raster_width(make_raster, tmp_path):
     narrow = make_raster(np.full((3, 400, 512), 100, np.uint8), name="narrow.tif")
     wide = make_raster(np.full((3, 400, 8192), 100, np.uint8), name="wide.tif")
-    peak_narrow = _peak_bytes(narrow, tmp_path / "n.tif")
-    peak_wide = _peak_bytes(wide, tmp_path / "w.tif")
+    peak_narrow = _peak_bytes(narrow, tmp_path / "n.tif", panel_width=0)
+    peak_wide = _peak_bytes(wide, tmp_path / "w.tif", panel_width=0)
     # 16x the width: only uint8 label rows may grow: the writer's block-row buffer (400 x 8192 = 3.3 MB)
     # and the few 96-row strips in flight (0.8 MB each). Whole-width reads (3 bands + mask per strip)
     # or int64 class counting over whole strips would add 6+ MB more (13.8 MB measured before the fix).
     assert peak_wide < peak_narrow + 8_500_000, (peak_narrow, peak_wide)
+
+
+def test_column_panels_keep_memory_flat_in_width(make_raster, tmp_path, monkeypatch):
+    """With 1024-px panels an 8192-px-wide raster needs what a 1024-px-wide one does: numpy buffers
+    (traced) and torch blending buffers (the carry band spans one panel's tiles, not the raster)."""
+    widest = []
+    real_zeros = torch.zeros
+
+    def spy_zeros(*size, **kw):
+        out = real_zeros(*size, **kw)
+        if out.ndim == 3:
+            widest.append(out.shape[2])
+        return out
+
+    monkeypatch.setattr(torch, "zeros", spy_zeros)
+    narrow = make_raster(np.full((3, 400, 1024), 100, np.uint8), name="narrow.tif")
+    wide = make_raster(np.full((3, 400, 8192), 100, np.uint8), name="wide.tif")
+    peak_narrow = _peak_bytes(narrow, tmp_path / "n.tif", panel_width=1024)
+    peak_wide = _peak_bytes(wide, tmp_path / "w.tif", panel_width=1024)
+    # without panels the wide run adds ~3.5 MB of label rows and block-row buffer alone
+    assert peak_wide < peak_narrow + 600_000, (peak_narrow, peak_wide)
+    assert max(widest) <= 1024 + 2 * 128, max(widest)
+
+
+@pytest.mark.parametrize("panel_width", [512, 1024])
+def test_column_panels_give_exactly_the_one_pass_map(make_raster, tmp_path, panel_width):
+    """Every tile touching a panel's columns is computed in that panel, so labels, confidence and
+    counts equal one whole-width pass, bit for bit, with nodata and an AOI in play."""
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 255, (3, 40, 300)).astype(np.float32)
+    img = (np.kron(base, np.ones((1, 8, 8)))[:, :310, :2300] * 0.8 + rng.integers(0, 50, (3, 310, 2300)))
+    img = img.astype(np.uint8)
+    img[:, 100:140, 900:1300] = 0
+    path = make_raster(img, nodata=0, name="wide.tif")
+    with rasterio.open(path) as ds:
+        t = ds.transform
+    (x0, y0), (x1, y1) = t @ (30, 5), t @ (2290, 300)
+    aoi = {"geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x0, y1], [x0, y0]]]},
+           "crs": "EPSG:32633"}
+    model = _model(3)
+    runs = {}
+    for name, width in (("one", 0), ("panels", panel_width)):
+        res = _run(path, model, tmp_path / f"{name}.tif", confidence_path=tmp_path / f"{name}_conf.tif",
+                   aoi=aoi, panel_width=width)
+        with rasterio.open(res.path) as ds, rasterio.open(res.confidence_path) as cs:
+            runs[name] = (res, ds.read(1), cs.read(1))
+    (one, labels, conf), (panels, p_labels, p_conf) = runs["one"], runs["panels"]
+    np.testing.assert_array_equal(p_labels, labels)
+    np.testing.assert_array_equal(p_conf, conf)
+    assert panels.class_counts == one.class_counts and panels.valid_pixels == one.valid_pixels
+    assert len(np.unique(labels)) == 5  # four classes and nodata: the comparison is not trivial
+    assert one.tiles < panels.tiles <= one.tiles + 2 * 4 * (2260 // panel_width)
 
 
 def test_two_inputs_in_different_crs_are_aligned_on_the_first(data_dir, tmp_path):
@@ -320,7 +372,7 @@ def test_writer_thread_failure_while_main_waits_is_reported(image, tmp_path, mon
             gate.wait(5)  # hold the reader so the main thread is waiting on it when the writer fails
         return _real(self, window)
 
-    def failing_write(self, rows):
+    def failing_write(self, rows, col_off=0):
         gate.set()
         raise OutputError(f"could not write {self.final_name}: disk full")
 

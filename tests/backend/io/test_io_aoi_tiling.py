@@ -7,7 +7,7 @@ from rasterio.windows import Window
 from backend.errors import InputError
 from backend.io.aoi import aoi_mask, aoi_window, parse_aoi
 from backend.io.raster import Grid, parse_crs
-from backend.io.tiling import blend_weights, pad_to, plan_tiles
+from backend.io.tiling import TileLayout, blend_weights, pad_to, plan_panels, plan_tiles
 
 GRID = Grid(parse_crs("EPSG:32633"), from_origin(500000.0, 4000000.0, 2.0, 2.0), 300, 200)
 
@@ -117,3 +117,26 @@ def test_tile_is_fitted_to_the_window_to_save_compute():
     assert fitted.n_tiles * fitted.tile ** 2 < 0.6 * fixed.n_tiles * fixed.tile ** 2
     last = fitted.tile_origin(fitted.rows - 1, fitted.cols - 1)
     assert last[0] + fitted.tile >= 1024 and last[1] + fitted.tile >= 1024
+
+
+@pytest.mark.parametrize("width,tile,overlap", [(20480, 512, 64), (9000, 384, 64), (12345, 256, 50), (8193, 512, 0)])
+def test_column_panels_cover_the_width_with_every_touching_tile(width, tile, overlap):
+    L = TileLayout(1000, width, tile, overlap)
+    panels = plan_panels(L, 4096)
+    assert panels[0].start == 0 and panels[-1].stop == width
+    assert all(a.stop == b.start for a, b in zip(panels, panels[1:]))
+    assert all(p.start % 512 == 0 for p in panels) and all(p.stop - p.start <= 4096 + 2 * 512 for p in panels)
+    for p in panels:
+        touching = [j for j in range(L.cols) if j * L.stride < p.stop and j * L.stride + tile > p.start]
+        assert (p.first, p.last) == (touching[0], touching[-1])
+    extra = sum(p.tile_columns for p in panels) - L.cols
+    assert extra <= 2 * (len(panels) - 1)
+    if overlap == 64 and tile == 512:  # boundaries found where one tile column covers them
+        assert extra == len(panels) - 1
+
+
+def test_narrow_rasters_or_panel_width_zero_give_one_panel():
+    L = TileLayout(1000, 20480, 512, 64)
+    assert len(plan_panels(L, 0)) == 1 and plan_panels(L, 0)[0].tile_columns == L.cols
+    assert len(plan_panels(TileLayout(1000, 8000, 512, 64), 8192)) == 1
+    assert len(plan_panels(L, 8192)) == 3

@@ -134,6 +134,46 @@ def test_strip_writer_reassembles_uneven_strips(tmp_path):
         assert ds.overviews(1)  # > 1024 px: overviews for fast display
 
 
+def test_strip_writer_column_panels_write_each_block_once(tmp_path):
+    """Panels (left to right, each top to bottom) give the same raster as one pass, and the same file
+    size: with a block cache too small to hold a block until the next panel completes it, a block
+    written twice (panels not on block boundaries) is appended to the file again (+40 % here)."""
+    grid = Grid(parse_crs("EPSG:32633"), from_origin(0, 0, 1, 1), 1300, 1100)
+    data = np.random.default_rng(1).integers(0, 9, (1100, 1300), dtype=np.uint8)
+
+    def write(name, bounds):
+        with rasterio.Env(GDAL_CACHEMAX=1):
+            writer = StripWriter(tmp_path / name, grid, nodata=0, overviews=False)
+            for start, stop in bounds:
+                for row, h in ((0, 448), (448, 1), (449, 448), (897, 203)):
+                    writer.write(data[row:row + h, start:stop], col_off=start)
+            writer.close()
+        with rasterio.open(tmp_path / name) as ds:
+            np.testing.assert_array_equal(ds.read(1), data)
+        return (tmp_path / name).stat().st_size
+
+    one_pass = write("one.tif", [(0, 1300)])
+    assert write("panels.tif", [(0, 512), (512, 1024), (1024, 1300)]) == one_pass
+    assert write("unaligned.tif", [(0, 500), (500, 1300)]) > one_pass  # the test can see a rewrite
+
+
+def test_strip_writer_refuses_panels_out_of_order_or_unfinished(tmp_path):
+    grid = Grid(parse_crs("EPSG:32633"), from_origin(0, 0, 1, 1), 1024, 100)
+    rows = np.ones((100, 512), np.uint8)
+    writer = StripWriter(tmp_path / "a.tif", grid, nodata=0)
+    with pytest.raises(ValueError, match="does not continue at column 0"):
+        writer.write(rows, col_off=512)
+    writer.write(rows[:50], col_off=0)
+    with pytest.raises(ValueError, match="left unfinished"):
+        writer.write(rows, col_off=512)
+    writer.discard()
+    writer = StripWriter(tmp_path / "b.tif", grid, nodata=0)
+    writer.write(rows, col_off=0)
+    with pytest.raises(OutputError, match="512 of 1024 columns"):
+        writer.close()
+    writer.discard()
+
+
 def test_atomic_outputs_commit_and_abort(tmp_path):
     good = tmp_path / "out.qml"
     good.write_text("previous good result")
