@@ -5,13 +5,16 @@ The post image is reprojected on the fly onto the pre image's grid, cropped to t
 cover (and to the AOI). Outputs: change mask GeoTIFF (0 no change, 1 change, 255 no data) with a
 QML (change magenta, no change transparent), P(change) as confidence raster, change polygons
 (GeoPackage, min-area filter) and, with a land-cover model, a from-to raster + table + polygon
-attributes.
+attributes. After the (streaming) engine, all of this is computed one processing window at a time
+(run_change's ``window``, 4096 px by default), so memory does not grow with the raster.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -33,6 +36,8 @@ from backend.io.aoi import aoi_window, parse_aoi
 from backend.io.atomic import AtomicOutputs, describe_os_error
 from backend.io.raster import Grid, open_raster
 from backend.io.style import raster_qml, vector_qml, write_qml
+from backend.pipelines.change_windows import (DEFAULT_WINDOW, PolygonSink, WindowRasterWriter, component_means,
+                                              component_polygons, processing_windows, table_counts, window_size)
 from backend.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,26 +214,110 @@ class ChangePredictor:
         return probs
 
 
-def read_change_probability(class_path: Path, confidence_path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(P(change) float32 [H,W], change bool [H,W], valid bool [H,W]) from the engine's class +
-    confidence rasters (P is known to 1 %; the change decision is the engine's own)."""
-    with rasterio.open(class_path) as src:
-        classes = src.read(1)
-    with rasterio.open(confidence_path) as src:
-        confidence = src.read(1).astype(np.float32) / 100.0
+def change_probability(classes: np.ndarray, confidence: np.ndarray,
+                       threshold: float = 0.5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P(change) float32, change bool, valid bool) of a block of the engine's class + confidence
+    (uint8 percent) rasters; threshold: the ChangePredictor's, whose re-weighting is undone so that P
+    is the model's own P(change) (known to 1 %; the change decision stays the engine's)."""
     valid = classes != CHANGE_NODATA
-    prob = np.where(classes == 1, confidence, 1.0 - confidence).astype(np.float32)
+    change = classes == 1
+    prob = confidence.astype(np.float32)
+    prob /= 100.0
+    np.subtract(1.0, prob, out=prob, where=~change)
     prob[~valid] = 0.0
-    return prob, classes == 1, valid
+    if threshold != 0.5:  # undo ChangePredictor's re-weighting: back to the model's P(change)
+        t = threshold
+        prob = (prob * t / np.maximum(prob * t + (1 - prob) * (1 - t), 1e-12)).astype(np.float32)
+        prob[~valid] = 0.0
+    return prob, change, valid
+
+
+def probability_percent(prob: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """P(change) x 100 as written to the probability raster (uint8, 255 = no data)."""
+    percent = prob * 100
+    np.rint(percent, out=percent)
+    percent[~valid] = 255
+    return percent.astype(np.uint8)
+
+
+def read_change_probability(class_path: Path, confidence_path: Path, window: Optional[Window] = None,
+                            threshold: float = 0.5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P(change) float32 [H,W], change bool [H,W], valid bool [H,W]) from the engine's class +
+    confidence rasters (P is known to 1 %; the change decision is the engine's own), for the whole
+    raster or one window of it."""
+    with rasterio.open(class_path) as src:
+        classes = src.read(1, window=window)
+    with rasterio.open(confidence_path) as src:
+        confidence = src.read(1, window=window)
+    return change_probability(classes, confidence, threshold)
+
+
+class _EngineConfidence:
+    """Move the engine's confidence raster (max(P, 1 - P)) aside inside the AtomicOutputs folder, so
+    that P(change) can be written window by window under its name; removed again on close."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.aside = self.path.with_name(self.path.stem + ".engine" + self.path.suffix)
+        os.replace(self.path, self.aside)
+        self.src = rasterio.open(self.aside)
+
+    def read(self, window: Window) -> np.ndarray:
+        return self.src.read(1, window=window)
+
+    def close(self) -> None:
+        self.src.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.aside)
+
+
+def write_change_probability(result: Any, probability_path: Path, threshold: float, *,
+                             window: int = DEFAULT_WINDOW, whole_arrays: bool = False,
+                             progress: Optional[Progress] = None) -> Dict[str, np.ndarray]:
+    """Replace the engine's confidence raster by P(change) x 100, window by window.
+
+    whole_arrays: also return {"probability", "change", "valid"} whole-raster arrays (float32 +
+    2 bool: 6 bytes a pixel), for per-AOI jobs such as building damage; {} otherwise."""
+    grid = result.grid
+    arrays: Dict[str, np.ndarray] = {}
+    if whole_arrays:
+        arrays = {"probability": np.zeros((grid.height, grid.width), np.float32),
+                  "change": np.zeros((grid.height, grid.width), bool),
+                  "valid": np.zeros((grid.height, grid.width), bool)}
+    windows = processing_windows(grid.width, grid.height, window)
+    with contextlib.ExitStack() as stack:
+        classes_src = stack.enter_context(rasterio.open(result.written_path))
+        engine = _EngineConfidence(result.confidence_written_path)
+        stack.callback(engine.close)
+        out = WindowRasterWriter(result.confidence_written_path, grid, np.uint8, 255, Path(probability_path))
+        stack.callback(out.discard)
+        for k, win in enumerate(windows):
+            if progress is not None:
+                progress.update(k / len(windows), "writing P(change)")
+            prob, change, valid = change_probability(classes_src.read(1, window=win), engine.read(win), threshold)
+            out.write(probability_percent(prob, valid), win)
+            if whole_arrays:
+                rows, cols = win.toslices()
+                arrays["probability"][rows, cols] = prob
+                arrays["change"][rows, cols] = change
+                arrays["valid"][rows, cols] = valid
+        out.close()
+    return arrays
 
 
 def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path, probability_path: Path, *,
                    model_path: Any = None, aoi: Optional[dict] = None, tile_size: Optional[int] = None,
                    overlap: int = 32, batch_size: int = 0, device: str = "auto", symmetric: bool = True,
                    threshold: float = 0.5, progress: Optional[Progress] = None,
-                   tasks: Sequence[str] = ("change",)) -> Dict[str, Any]:
+                   tasks: Sequence[str] = ("change",), whole_arrays: bool = False,
+                   write_probability: bool = True, window: int = DEFAULT_WINDOW) -> Dict[str, Any]:
     """Run the change (or damage) model over the overlap of pre and post; returns the engine result,
-    the grid, model meta and (for change models) P(change) + valid arrays."""
+    the grid, model meta and the change predictor's threshold.
+
+    For change models the engine's confidence raster is then rewritten as P(change) x 100, window by
+    window (write_probability=False leaves that to the caller, as run_change does in its own pass).
+    whole_arrays: also return "probability" (float32), "change" and "valid" (bool) whole-raster
+    arrays: 6 bytes a pixel, meant for per-AOI jobs (building damage), not for whole scenes."""
     progress = progress or Progress()
     pre_path, pre_bands = input_spec(pre, "pre")
     post_path, post_bands = input_spec(post, "post")
@@ -251,24 +340,21 @@ def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path
                            overlap=int(overlap), batch_size=int(batch_size), aoi=aoi, grid=grid,
                            allow_pixel_grid=True, confidence_path=probability_path, progress=progress,
                            outputs=outputs)
-    out = {"engine": result, "grid": result.grid, "meta": meta, "model": model, "device": result.device}
-    if meta["task"] == "change":
-        prob, change, valid = read_change_probability(result.written_path, result.confidence_written_path)
-        if predictor.threshold != 0.5:  # undo ChangePredictor's re-weighting: back to the model's P(change)
-            t = predictor.threshold
-            prob = (prob * t / np.maximum(prob * t + (1 - prob) * (1 - t), 1e-12)).astype(np.float32)
-            prob[~valid] = 0.0
-        out["probability"], out["change"], out["valid"] = prob, change, valid
-        # The engine wrote its confidence (max(P, 1 - P)); replace it with P(change) itself.
-        percent = np.where(valid, np.rint(prob * 100), 255).astype(np.uint8)
-        _write_raster(Path(result.confidence_written_path), percent, result.grid, 255, Path(probability_path))
+    out = {"engine": result, "grid": result.grid, "meta": meta, "model": model, "device": result.device,
+           "threshold": getattr(predictor, "threshold", 0.5)}
+    if meta["task"] == "change" and write_probability:
+        out.update(write_change_probability(result, probability_path, out["threshold"], window=window,
+                                            whole_arrays=whole_arrays))
     return out
 
 
 def predict_landcover(image: Any, grid: Grid, outputs: AtomicOutputs, path: Path, model_path: Any, *,
                       aoi: Optional[dict], tile_size: Optional[int], overlap: int, batch_size: int,
-                      device: str, progress: Progress, what: str) -> Tuple[np.ndarray, Dict[str, Any], Any]:
-    """Classes [H,W] of a land-cover model on `grid` (written to `path` inside outputs)."""
+                      device: str, progress: Progress, what: str,
+                      read_classes: bool = True) -> Tuple[Optional[np.ndarray], Dict[str, Any], Any]:
+    """(classes [H,W], model meta, engine result) of a land-cover model on `grid`; the class raster is
+    written to `path` inside outputs. read_classes=False: classes is None (read the raster back
+    window by window from result.written_path instead of holding the whole array)."""
     model, meta = load_task_model(model_path, ("segmentation",), what, device=device)
     image_path, bands = input_spec(image, what)
     n_bands = len((meta.get("bands") or {}).get("hr") or [1, 2, 3])
@@ -279,6 +365,8 @@ def predict_landcover(image: Any, grid: Grid, outputs: AtomicOutputs, path: Path
                            tile_size=int(tile_size or meta.get("tile_size", 512)), overlap=int(overlap),
                            batch_size=int(batch_size), aoi=aoi, grid=grid, allow_pixel_grid=True,
                            progress=progress, outputs=outputs)
+    if not read_classes:
+        return None, meta, result
     with rasterio.open(result.written_path) as src:
         classes = src.read(1)
     return classes, meta, result
@@ -314,24 +402,12 @@ def mask_polygons(mask: np.ndarray, grid: Grid, min_area: float = 0.0,
     from scipy import ndimage
 
     labels, n = ndimage.label(mask)
-    labels = labels.astype(np.int32)
+    labels = labels.astype(np.int32, copy=False)
     if n == 0:
         return [], labels, np.zeros(0, np.int64)
-    area_px = np.bincount(labels.ravel(), minlength=n + 1)
     unit_area, _ = pixel_area(grid)
-    keep = np.nonzero(area_px * unit_area >= float(min_area))[0]
-    keep = keep[keep > 0]
-    keep_mask = np.isin(labels, keep)
     tolerance = metres_to_grid_units(grid, float(simplify)) if simplify > 0 else 0.0
-    parts: Dict[int, list] = {}
-    for geom, value in rasterio.features.shapes(labels, mask=keep_mask, transform=grid.transform, connectivity=4):
-        parts.setdefault(int(value), []).append(shapely.geometry.shape(geom))
-    geoms = []
-    for cid in keep:
-        shape = shapely.union_all(parts[int(cid)]) if len(parts[int(cid)]) > 1 else parts[int(cid)][0]
-        if simplify > 0:
-            shape = shape.simplify(tolerance, preserve_topology=True)
-        geoms.append(shape)
+    geoms, keep, _ = component_polygons(labels, n, grid.transform, unit_area, min_area, tolerance)
     return geoms, labels, keep
 
 
@@ -376,12 +452,21 @@ def from_to_codes(pre_classes: np.ndarray, post_classes: np.ndarray, change: np.
 
 def from_to_table(codes: np.ndarray, class_names: Dict[int, str], unit_area: float, unit: str) -> List[Dict[str, Any]]:
     """Rows {"code", "from_class", "to_class", "pixels", "area"} sorted by area, largest first."""
-    values, counts = np.unique(codes[codes > 0], return_counts=True)
+    return from_to_table_counts(np.bincount(codes[codes > 0].ravel()), class_names, unit_area, unit)
+
+
+def from_to_table_counts(counts: Optional[np.ndarray], class_names: Dict[int, str], unit_area: float,
+                         unit: str) -> List[Dict[str, Any]]:
+    """from_to_table from pixel counts per code (np.bincount of the codes, accumulated window by window)."""
     rows = []
-    for value, count in zip(values.tolist(), counts.tolist()):
-        src, dst = divmod(int(value), 100)
-        rows.append({"code": int(value), "from_class": class_names.get(src, str(src)),
-                     "to_class": class_names.get(dst, str(dst)), "pixels": int(count),
+    values = np.nonzero(counts)[0] if counts is not None else []
+    for value in values:
+        value, count = int(value), int(counts[value])
+        if value <= 0:
+            continue
+        src, dst = divmod(value, 100)
+        rows.append({"code": value, "from_class": class_names.get(src, str(src)),
+                     "to_class": class_names.get(dst, str(dst)), "pixels": count,
                      f"area_{unit}": round(count * unit_area, 2)})
     return sorted(rows, key=lambda r: -r["pixels"])
 
@@ -421,14 +506,103 @@ def run_change(params: Dict[str, Any], progress: Optional[Progress] = None) -> D
     params: pre, post (path, {"path", "bands"}, or a list of tiles of one date -> mosaic), output_dir, name="change", model=None (default
     LEVIR-CD model), landcover_model=None, aoi=None, tile_size=None (model's), overlap=32,
     batch_size=0 (auto), device="auto", threshold=0.5, symmetric=True, vectorize=True, min_area=0
-    (m², pixels on ungeoreferenced images), simplify=0 (metres).
+    (m², pixels on ungeoreferenced images), simplify=0 (metres), window=4096 (px, a multiple of 256).
+
+    Memory: the engine streams, and everything after it (P(change) raster, metrics, from-to raster
+    and table, polygons) runs one processing window (window x window px) at a time, so memory is
+    set by the window, not by the raster. Like land-cover polygonisation (backend.io.vector), a
+    change region crossing a window edge becomes one polygon per window: its area, mean probability
+    and from/to majority classes are those of its part in that window, and min_area applies to each
+    part. Rasters that fit in one window (up to 4096 x 4096 px by default) are not split at all.
     """
     progress = progress or Progress()
     for key in ("pre", "post", "output_dir"):
         if not params.get(key):
             raise InputError(f"missing parameter '{key}'")
+    window_size(params.get("window"))
     with tempfile.TemporaryDirectory(prefix="skysense-change-") as workdir:
         return _run_change(resolve_inputs(params, ("pre", "post"), Path(workdir)), progress)
+
+
+def _postprocess_change(found: Dict[str, Any], outputs: AtomicOutputs, paths: Dict[str, Path], *, name: str,
+                        window: int, landcover: Optional[Dict[str, Any]], vectorize: bool, min_area: float,
+                        simplify: float, progress: Progress) -> Dict[str, Any]:
+    """One pass over the processing windows after the engine(s): P(change) raster, pixel counts,
+    from-to raster + counts per code, polygons (see run_change for windows and polygons).
+
+    landcover: None or {"pre", "post": class raster paths (temporary), "names": value -> name}.
+    Returns {"changed", "valid", "from_to_counts", "polygons"}."""
+    from scipy import ndimage
+
+    engine, grid = found["engine"], found["grid"]
+    unit_area, unit = pixel_area(grid)
+    tolerance = metres_to_grid_units(grid, float(simplify)) if simplify > 0 else 0.0
+    names = landcover["names"] if landcover else {}
+    windows = processing_windows(grid.width, grid.height, window)
+    changed = valid_pixels = 0
+    from_to_counts = None
+    with contextlib.ExitStack() as stack:
+        classes_src = stack.enter_context(rasterio.open(engine.written_path))
+        confidence = _EngineConfidence(engine.confidence_written_path)
+        stack.callback(confidence.close)
+        percent_out = WindowRasterWriter(engine.confidence_written_path, grid, np.uint8, 255, paths["probability"])
+        stack.callback(percent_out.discard)
+        codes_out = sink = None
+        if landcover:
+            pre_src = stack.enter_context(rasterio.open(landcover["pre"]))
+            post_src = stack.enter_context(rasterio.open(landcover["post"]))
+            codes_out = WindowRasterWriter(outputs.path_for(paths["from_to"]), grid, np.uint16, 0, paths["from_to"])
+            stack.callback(codes_out.discard)
+        if vectorize:
+            fields = {"id": "int", "class_id": "int", f"area_{unit}": "float", "mean_probability": "float"}
+            if landcover:
+                fields.update({"from_class": "str", "to_class": "str", "from_to": "str"})
+            sink = PolygonSink(outputs.path_for(paths["vector"]), name, fields, grid.crs, paths["vector"])
+            stack.callback(sink.discard)
+        for k, win in enumerate(windows):
+            progress.update(k / len(windows), f"post-processing change (window {k + 1} of {len(windows)})")
+            prob, change, valid = change_probability(classes_src.read(1, window=win), confidence.read(win),
+                                                     found["threshold"])
+            percent_out.write(probability_percent(prob, valid), win)
+            n_changed = int(np.count_nonzero(change))
+            changed += n_changed
+            valid_pixels += int(np.count_nonzero(valid))
+            del valid
+            pre_classes = post_classes = None
+            if landcover:
+                pre_classes, post_classes = pre_src.read(1, window=win), post_src.read(1, window=win)
+                codes = from_to_codes(pre_classes, post_classes, change)
+                codes_out.write(codes, win)
+                from_to_counts = table_counts(from_to_counts, codes[codes > 0])
+                del codes
+            if sink is None or n_changed == 0:
+                continue
+            labels, n = ndimage.label(change)
+            del change
+            labels = labels.astype(np.int32, copy=False)
+            geoms, keep, area_px = component_polygons(labels, n, grid.window_transform(win), unit_area,
+                                                      min_area, tolerance)
+            if not len(keep):
+                continue
+            mean_prob = component_means(labels, n, prob, keep)
+            records = [{"id": sink.count + j + 1, "class_id": 1,
+                        f"area_{unit}": round(float(area_px[cid]) * unit_area, 2),
+                        "mean_probability": round(float(mean_prob[j]), 4)} for j, cid in enumerate(keep.tolist())]
+            if landcover:
+                src = component_majority(labels, keep, pre_classes)
+                dst = component_majority(labels, keep, post_classes)
+                for record, a, b in zip(records, src.tolist(), dst.tolist()):
+                    record.update({"from_class": names.get(a, str(a)), "to_class": names.get(b, str(b)),
+                                   "from_to": f"{names.get(a, a)} -> {names.get(b, b)}"})
+            sink.write(geoms, records)
+        percent_out.close()
+        if codes_out is not None:
+            codes_out.close()
+        if sink is not None:
+            sink.close()
+    progress.update(1.0)
+    return {"changed": changed, "valid": valid_pixels, "from_to_counts": from_to_counts,
+            "polygons": sink.count if sink is not None else None}
 
 
 def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
@@ -438,10 +612,12 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
     min_area = _float_param(params, "min_area", 0.0)
     simplify = _float_param(params, "simplify", 0.0)
     threshold = _float_param(params, "threshold", 0.5)
+    window = window_size(params.get("window"))
     overlap = int(params.get("overlap", 32) if params.get("overlap") is not None else 32)
     batch_size = int(params.get("batch_size") or 0)  # 0: the engine picks for the device
     device = resolve_device(params.get("device") or "auto")
     landcover_model = params.get("landcover_model")
+    vectorize = bool(params.get("vectorize", True))
     out_dir = Path(params["output_dir"]).resolve()
     paths = {k: out_dir / f"{name}{suffix}" for k, suffix in [
         ("mask", ".tif"), ("mask_qml", ".qml"), ("probability", "_probability.tif"), ("vector", ".gpkg"),
@@ -454,39 +630,44 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
                                model_path=params.get("model"), aoi=params.get("aoi"),
                                tile_size=params.get("tile_size"), overlap=overlap, batch_size=batch_size,
                                device=device, symmetric=bool(params.get("symmetric", True)), threshold=threshold,
-                               progress=progress.sub(0.0, 0.8 - lc_share))
-        grid, prob, valid, change = found["grid"], found["probability"], found["valid"], found["change"]
+                               progress=progress.sub(0.0, 0.8 - lc_share), write_probability=False)
+        grid = found["grid"]
         palette = json.loads(CHANGE_PALETTE.read_text())["classes"]
         write_qml(outputs.path_for(paths["mask_qml"]), raster_qml(palette), paths["mask_qml"])
         unit_area, unit = pixel_area(grid)
         outs = [{"path": str(paths["mask"]), "kind": "raster", "role": "change", "qml": str(paths["mask_qml"])},
                 {"path": str(paths["probability"]), "kind": "raster", "role": "probability",
                  "description": "P(change) x 100 (uint8, 255 = no data)"}]
+        classes_out = [{"value": c["value"], "name": c["name"], "color": c["color"]} for c in palette]
+
+        landcover = None
+        if landcover_model:
+            common = dict(aoi=params.get("aoi"), tile_size=params.get("landcover_tile_size"), overlap=overlap,
+                          batch_size=batch_size, device=device, read_classes=False)
+            _, lc_meta, pre_result = predict_landcover(params["pre"], grid, outputs, paths["pre_classes"],
+                                                       landcover_model, progress=progress.sub(0.5, 0.65),
+                                                       what="pre", **common)
+            _, _, post_result = predict_landcover(params["post"], grid, outputs, paths["post_classes"],
+                                                  landcover_model, progress=progress.sub(0.65, 0.8),
+                                                  what="post", **common)
+            landcover = {"pre": pre_result.written_path, "post": post_result.written_path,
+                         "names": {int(c["value"]): str(c["name"]) for c in lc_meta["classes"]}}
+
+        counts = _postprocess_change(found, outputs, paths, name=name, window=window, landcover=landcover,
+                                     vectorize=vectorize, min_area=min_area, simplify=simplify,
+                                     progress=progress.sub(0.8, 0.98))
+        changed, valid = counts["changed"], counts["valid"]
         metrics: Dict[str, Any] = {
-            "changed_pixels": int(change.sum()), "valid_pixels": int(valid.sum()),
-            "changed_fraction": round(float(change.sum()) / max(int(valid.sum()), 1), 5),
-            f"changed_area_{unit}": round(float(change.sum()) * unit_area, 2),
+            "changed_pixels": changed, "valid_pixels": valid,
+            "changed_fraction": round(float(changed) / max(valid, 1), 5),
+            f"changed_area_{unit}": round(float(changed) * unit_area, 2),
             "grid": {"crs": grid.crs.to_string() if grid.crs else None, "width": grid.width, "height": grid.height,
                      "transform": list(grid.transform)[:6]},
             "model": str(params.get("model") or DEFAULT_CHANGE_MODEL),
         }
-        classes_out = [{"value": c["value"], "name": c["name"], "color": c["color"]} for c in palette]
 
-        pre_classes = post_classes = codes = None
-        class_names: Dict[int, str] = {}
-        if landcover_model:
-            common = dict(aoi=params.get("aoi"), tile_size=params.get("landcover_tile_size"), overlap=overlap,
-                          batch_size=batch_size, device=device)
-            pre_classes, lc_meta, _ = predict_landcover(params["pre"], grid, outputs, paths["pre_classes"],
-                                                        landcover_model, progress=progress.sub(0.5, 0.65),
-                                                        what="pre", **common)
-            post_classes, _, _ = predict_landcover(params["post"], grid, outputs, paths["post_classes"],
-                                                   landcover_model, progress=progress.sub(0.65, 0.8),
-                                                   what="post", **common)
-            class_names = {int(c["value"]): str(c["name"]) for c in lc_meta["classes"]}
-            codes = from_to_codes(pre_classes, post_classes, change)
-            _write_raster(outputs.path_for(paths["from_to"]), codes, grid, 0, paths["from_to"])
-            table = from_to_table(codes, class_names, unit_area, unit)
+        if landcover:
+            table = from_to_table_counts(counts["from_to_counts"], landcover["names"], unit_area, unit)
             colors = {int(c["value"]): c.get("color", "#808080") for c in lc_meta["classes"]}
             from_to_classes = [{"value": r["code"], "name": f"{r['from_class']} -> {r['to_class']}",
                                 "color": colors.get(r["code"] % 100, "#808080")} for r in table]
@@ -506,26 +687,10 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
                      {"path": str(paths["post_classes"]), "kind": "raster", "role": "post_classes",
                       "classes": lc_classes}]
 
-        if params.get("vectorize", True):
-            progress.update(0.85, "vectorising change regions")
-            geoms, labels, keep = mask_polygons(change, grid, min_area, simplify)
-            from scipy import ndimage
-            mean_prob = ndimage.mean(prob, labels, keep) if len(keep) else []
-            area_px = np.bincount(labels.ravel())[keep] if len(keep) else []
-            records = [{"id": k + 1, "class_id": 1, f"area_{unit}": round(float(area_px[k]) * unit_area, 2),
-                        "mean_probability": round(float(mean_prob[k]), 4)} for k in range(len(keep))]
-            fields = {"id": "int", "class_id": "int", f"area_{unit}": "float", "mean_probability": "float"}
-            if codes is not None:
-                src = component_majority(labels, keep, pre_classes)
-                dst = component_majority(labels, keep, post_classes)
-                for record, a, b in zip(records, src.tolist(), dst.tolist()):
-                    record.update({"from_class": class_names.get(a, str(a)), "to_class": class_names.get(b, str(b)),
-                                   "from_to": f"{class_names.get(a, a)} -> {class_names.get(b, b)}"})
-                fields.update({"from_class": "str", "to_class": "str", "from_to": "str"})
-            write_polygons(outputs.path_for(paths["vector"]), name, geoms, records, fields, grid.crs, paths["vector"])
+        if vectorize:
             write_qml(outputs.path_for(paths["vector_qml"]), vector_qml([palette[1]], field="class_id", outline=True,
                                                                     fill_alpha=110), paths["vector_qml"])
-            metrics["polygons"] = len(geoms)
+            metrics["polygons"] = counts["polygons"]
             outs.append({"path": str(paths["vector"]), "kind": "vector", "role": "polygons", "layer": name,
                          "qml": str(paths["vector_qml"])})
         progress.update(0.98, "writing outputs")

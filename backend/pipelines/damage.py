@@ -242,6 +242,11 @@ def run_damage(params: Dict[str, Any], progress=None) -> Dict[str, Any]:
     model=None (change model -> rule in the module docstring; a "damage" model -> DamageModel head),
     landcover_model=None (default land-cover model), aoi=None, ring_m=2.0, min_coverage=0.5,
     min_building_area=20 (m², localised buildings only), tile_size, overlap=32, batch_size=0 (auto), device="auto".
+
+    Memory: damage jobs are per AOI (a neighbourhood, not a scene): the per-building statistics use
+    whole-raster P(change) / change / valid arrays (predict_change(whole_arrays=True), 6 bytes a
+    pixel) and footprint label images. Scene-sized change maps go through run_change, whose
+    post-processing is windowed.
     """
     import tempfile
 
@@ -284,7 +289,8 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
         found = predict_change(params["pre"], params["post"], outputs, paths["pixels"], paths["probability"],
                                model_path=params.get("model"), aoi=params.get("aoi"),
                                tile_size=params.get("tile_size"), overlap=overlap, batch_size=batch_size,
-                               device=device, progress=progress.sub(0.0, 0.6), tasks=("change", "damage"))
+                               device=device, progress=progress.sub(0.0, 0.6), tasks=("change", "damage"),
+                               whole_arrays=True)  # per-building statistics: whole arrays of the AOI
         grid = found["grid"]
         outs: List[Dict[str, Any]] = []
         if params.get("buildings"):
