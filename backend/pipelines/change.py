@@ -524,6 +524,9 @@ def run_change(params: Dict[str, Any], progress: Optional[Progress] = None) -> D
         return _run_change(resolve_inputs(params, ("pre", "post"), Path(workdir)), progress)
 
 
+_ROW_CHUNK = 512  # rows of a window processed at once for the pixel-by-pixel outputs (whole blocks)
+
+
 def _postprocess_change(found: Dict[str, Any], outputs: AtomicOutputs, paths: Dict[str, Path], *, name: str,
                         window: int, landcover: Optional[Dict[str, Any]], vectorize: bool, min_area: float,
                         simplify: float, progress: Progress) -> Dict[str, Any]:
@@ -561,20 +564,28 @@ def _postprocess_change(found: Dict[str, Any], outputs: AtomicOutputs, paths: Di
             stack.callback(sink.discard)
         for k, win in enumerate(windows):
             progress.update(k / len(windows), f"post-processing change (window {k + 1} of {len(windows)})")
-            prob, change, valid = change_probability(classes_src.read(1, window=win), confidence.read(win),
-                                                     found["threshold"])
-            percent_out.write(probability_percent(prob, valid), win)
-            n_changed = int(np.count_nonzero(change))
+            # Pixel by pixel work in block rows of the window (small temporaries); only P(change) and
+            # the change mask of the whole window are kept, for its polygons.
+            prob = change = labels = None  # the previous window's, freed before allocating this one's
+            prob = np.empty((win.height, win.width), np.float32) if sink is not None else None
+            change = np.empty((win.height, win.width), bool) if sink is not None else None
+            n_changed = 0
+            for r0 in range(0, win.height, _ROW_CHUNK):
+                part = Window(win.col_off, win.row_off + r0, win.width, min(_ROW_CHUNK, win.height - r0))
+                p, c, v = change_probability(classes_src.read(1, window=part), confidence.read(part),
+                                             found["threshold"])
+                percent_out.write(probability_percent(p, v), part)
+                n_changed += int(np.count_nonzero(c))
+                valid_pixels += int(np.count_nonzero(v))
+                if landcover:
+                    codes = from_to_codes(pre_src.read(1, window=part), post_src.read(1, window=part), c)
+                    codes_out.write(codes, part)
+                    from_to_counts = table_counts(from_to_counts, codes[codes > 0])
+                    del codes
+                if sink is not None:
+                    prob[r0:r0 + part.height], change[r0:r0 + part.height] = p, c
+                del p, c, v
             changed += n_changed
-            valid_pixels += int(np.count_nonzero(valid))
-            del valid
-            pre_classes = post_classes = None
-            if landcover:
-                pre_classes, post_classes = pre_src.read(1, window=win), post_src.read(1, window=win)
-                codes = from_to_codes(pre_classes, post_classes, change)
-                codes_out.write(codes, win)
-                from_to_counts = table_counts(from_to_counts, codes[codes > 0])
-                del codes
             if sink is None or n_changed == 0:
                 continue
             labels, n = ndimage.label(change)
@@ -585,12 +596,13 @@ def _postprocess_change(found: Dict[str, Any], outputs: AtomicOutputs, paths: Di
             if not len(keep):
                 continue
             mean_prob = component_means(labels, n, prob, keep)
+            del prob
             records = [{"id": sink.count + j + 1, "class_id": 1,
                         f"area_{unit}": round(float(area_px[cid]) * unit_area, 2),
                         "mean_probability": round(float(mean_prob[j]), 4)} for j, cid in enumerate(keep.tolist())]
             if landcover:
-                src = component_majority(labels, keep, pre_classes)
-                dst = component_majority(labels, keep, post_classes)
+                src = component_majority(labels, keep, pre_src.read(1, window=win))
+                dst = component_majority(labels, keep, post_src.read(1, window=win))
                 for record, a, b in zip(records, src.tolist(), dst.tolist()):
                     record.update({"from_class": names.get(a, str(a)), "to_class": names.get(b, str(b)),
                                    "from_to": f"{names.get(a, a)} -> {names.get(b, b)}"})
