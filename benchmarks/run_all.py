@@ -5,8 +5,10 @@ Sections (all on synthetic rasters generated into a temporary folder):
      (fp32; and bf16 autocast on CPUs that do bf16 in hardware).
   1b. bf16 vs fp32 on the real LoveDA sample tiles: label agreement and held-out accuracy.
   2. PyTorch eager vs ONNX Runtime inside the engine (when models.onnx_export can export).
-  3. Peak memory (ru_maxrss of a fresh process) on 1k / 10k / 20k-pixel-square rasters.
+  3. Peak memory (VmHWM of a fresh process) from 2048² to 20k², tall and wide rasters.
   4. On a CUDA GPU: fp32 vs mixed precision (autocast fp16).
+  5. int8 on the CPU (benchmarks.quantized): PyTorch / ONNX Runtime dynamic and static quantization vs
+     fp32 and bf16, speed and LoveDA held-out accuracy.
 Figures depend on the machine and on what else runs on it; nothing here is a pass/fail test.
 """
 from __future__ import annotations
@@ -301,6 +303,11 @@ def bench_gpu(tmp: Path, size: int, results: dict) -> str:
             + f"\nlabel agreement fp32 vs mixed precision: {agree:.4f}")
 
 
+def _bench_int8(tmp: Path, size: int, results: dict) -> str:
+    from benchmarks.quantized import bench_int8  # imports this module: import late
+    return bench_int8(tmp, size, results)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--speed-size", type=int, default=2048,
@@ -310,13 +317,15 @@ def main(argv=None) -> int:
     ap.add_argument("--real-model-memory", type=int, default=1024,
                     help="also measure memory with the real tiny model at this size (0: skip)")
     ap.add_argument("--gpu-size", type=int, default=4096)
+    ap.add_argument("--int8-size", type=int, default=1024,
+                    help="raster side for the int8 section (six runtimes x best of --repeat: ~5 min at 1024)")
     ap.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes)")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,precision,onnx,memory,gpu")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,precision,onnx,memory,gpu,int8")
     ap.add_argument("--repeat", type=int, default=3, help="speed runs: best of this many (default 3)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     if args.quick:
-        args.speed_size, args.memory_sizes, args.gpu_size = 1024, "1024,4096,1024x8192", 2048
+        args.speed_size, args.memory_sizes, args.gpu_size, args.int8_size = 1024, "1024,4096,1024x8192", 2048, 512
     global REPEAT
     REPEAT = max(1, args.repeat)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -334,7 +343,8 @@ def main(argv=None) -> int:
                           ("precision", lambda: bench_precision_real(tmp, results)),
                           ("onnx", lambda: bench_onnx(tmp, args.speed_size, results)),
                           ("memory", lambda: bench_memory(tmp, sizes, args.real_model_memory, results)),
-                          ("gpu", lambda: bench_gpu(tmp, args.gpu_size, results))):
+                          ("gpu", lambda: bench_gpu(tmp, args.gpu_size, results)),
+                          ("int8", lambda: _bench_int8(tmp, args.int8_size, results))):
             if name in skip:
                 continue
             print(run(), flush=True)

@@ -152,6 +152,8 @@ class ChangeParams(OutputParams, PairOptions, VectorOptions):
     aoi: Optional[AOI] = None
     threshold: float = Field(0.5, ge=0, le=1, description="change probability threshold")
     symmetric: bool = Field(True, description="average pre->post and post->pre predictions")
+    window: int = Field(4096, ge=256, le=65536, multiple_of=256,
+                        description="post-processing window (px): bounds memory; polygons split at its edges")
     name: str = "change"
 
 

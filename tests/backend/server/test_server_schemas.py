@@ -48,6 +48,7 @@ def test_server_defaults_reach_the_pipelines():
     assert lc["batch_size"] == 0  # automatic: the engine picks for the device
     ch = params_model("change")(pre="/a.tif", post="/b.tif", output_dir="/o").model_dump(mode="json")
     assert ch["tile_size"] is None and ch["overlap"] == 32 and ch["threshold"] == 0.5
+    assert ch["window"] == 4096  # the pipeline's own default post-processing window
     s2 = params_model("landcover")(s2=[{"path": "/s.tif", "date": "2020-02-29"}], output_dir="/o").model_dump(mode="json")
     assert s2["s2"][0]["date"] == "2020-02-29"
 
@@ -58,6 +59,7 @@ def test_server_defaults_reach_the_pipelines():
     ("landcover", {"hr": [{"path": "/a.tif", "bands": [0]}]}, "1-based"),
     ("landcover", {"hr": [], "s2": [], "s1": []}, "at least one input raster"),
     ("change", {"threshold": 1.5}, "threshold"),
+    ("change", {"window": 1000}, "multiple of 256"),
     ("landcover", {"batch_size": -1}, "batch_size"),
     ("finetune", {"chip_size": 100}, "multiple of 32"),
     ("finetune", {"epochs": 0}, "epochs"),
