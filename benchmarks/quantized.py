@@ -22,7 +22,9 @@ Run alone: PYTHONPATH=. python -m benchmarks.quantized [--size 2048] [--repeat 3
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import logging
 import os
 import tempfile
 import time
@@ -64,11 +66,22 @@ def quantize_torch_int8(model: torch.nn.Module) -> torch.nn.Module:
         return quantize_dynamic(model, names, dtype=torch.qint8)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime.quantization warns on the root logger (pre-processing advice): keep the tables clean."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def quantize_onnx_dynamic(src: Path, dst: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
                          per_channel=False, reduce_range=False)
     return dst
@@ -89,8 +102,7 @@ def quantize_onnx_static(src: Path, dst: Path, batches: list) -> Path:
             return next(self.feeds, None)
 
     pre = dst.with_suffix(".pre.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet():
         quant_pre_process(str(src), str(pre))
         quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True,

@@ -263,8 +263,8 @@ def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -
                          f"{info['peak_rss_mb'] - info['baseline_rss_mb']:.0f}", f"{info['seconds']:.0f}"])
         raster.unlink(missing_ok=True)
         print(f"   (memory runs {width}x{height} {kind} done)", flush=True)
-    side = max(max(w, h) for w, h in shapes)
-    full = side ** 2 * 7 * 4 / 2**20
+    big_w, big_h = max(shapes, key=lambda shape: shape[0] * shape[1])
+    full = big_w * big_h * 7 * 4 / 2**20
     return (table("3. Peak memory (VmHWM) of one run in a fresh process (tile 512/64; engine batch auto = 2 on CPU)",
                   ["raster (w x h)", "MP", "model", "runner", "RSS at start MB", "peak RSS MB", "added MB", "seconds"],
                   rows)
@@ -277,7 +277,7 @@ def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -
               "(20480x2048 vs 40960x1024: same pixels, twice as wide) as it never grows with the height (2048x20480).\n"
               "A 20480-wide raster's ~7k-px panels cost a few tens of MB more than a 2048-wide raster's one panel.\n"
               "Peaks swing by about +-40 MB between identical runs (transient batch buffers meeting the allocator).\n"
-              f"A whole-raster float32 probability array for {side}x{side} px and 7 classes would need {full:,.0f} MB.")
+              f"A whole-raster float32 probability array for {big_w}x{big_h} px and 7 classes would need {full:,.0f} MB.")
 
 
 def bench_gpu(tmp: Path, size: int, results: dict) -> str:
