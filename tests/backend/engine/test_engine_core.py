@@ -293,10 +293,12 @@ def test_column_panels_keep_memory_flat_in_width(make_raster, tmp_path, monkeypa
     monkeypatch.setattr(torch, "zeros", spy_zeros)
     narrow = make_raster(np.full((3, 400, 1024), 100, np.uint8), name="narrow.tif")
     wide = make_raster(np.full((3, 400, 8192), 100, np.uint8), name="wide.tif")
-    peak_narrow = _peak_bytes(narrow, tmp_path / "n.tif", panel_width=1024)
-    peak_wide = _peak_bytes(wide, tmp_path / "w.tif", panel_width=1024)
-    # without panels the wide run adds ~3.5 MB of label rows and block-row buffer alone
-    assert peak_wide < peak_narrow + 600_000, (peak_narrow, peak_wide)
+    peak_narrow = _peak_bytes(narrow, tmp_path / "n.tif", panel_width=1024, prefetch=1)
+    peak_wide = _peak_bytes(wide, tmp_path / "w.tif", panel_width=1024, prefetch=1)
+    # Without panels the wide run peaks at 2.4-2.8x the narrow one (label rows and the block-row buffer
+    # span 8192 px). With them only timing differs: how many batches (~0.4 MB each) are in flight
+    # between the reader thread and the model varies from run to run (measured 1.0-1.2x).
+    assert peak_wide < 1.3 * peak_narrow + 600_000, (peak_narrow, peak_wide)
     assert max(widest) <= 1024 + 2 * 128, max(widest)
 
 
