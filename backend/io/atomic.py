@@ -11,7 +11,7 @@ from pathlib import Path
 
 from backend.errors import OutputError
 
-__all__ = ["AtomicOutputs", "ensure_output_dir", "describe_os_error"]
+__all__ = ["AtomicOutputs", "ensure_output_dir", "describe_os_error", "close_quietly"]
 
 
 def describe_os_error(exc: BaseException) -> str:
@@ -21,6 +21,16 @@ def describe_os_error(exc: BaseException) -> str:
         return "permission denied"
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def close_quietly(handle) -> None:
+    """Close a half-written dataset or layer, ignoring errors: the job already failed, and its temporary
+    file is removed by AtomicOutputs."""
+    if handle is not None:
+        try:
+            handle.close()
+        except Exception:
+            pass
 
 
 def ensure_output_dir(path) -> Path:

@@ -13,7 +13,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
 from backend.errors import OutputError
-from backend.io.atomic import describe_os_error
+from backend.io.atomic import close_quietly, describe_os_error
 from backend.io.raster import Grid
 
 __all__ = ["StripWriter", "hex_to_rgba", "class_colormap"]
@@ -156,9 +156,5 @@ class StripWriter:
 
     def discard(self) -> None:
         """Close without caring about errors (the temporary file is removed by AtomicOutputs)."""
-        if self._ds is not None:
-            try:
-                self._ds.close()
-            except Exception:
-                pass
-            self._ds = None
+        close_quietly(self._ds)
+        self._ds = None

@@ -21,7 +21,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from backend.errors import InputError, OutputError
-from backend.io.atomic import describe_os_error
+from backend.io.atomic import close_quietly, describe_os_error
 from backend.io.raster import Grid
 
 DEFAULT_WINDOW = 4096
@@ -85,12 +85,8 @@ class WindowRasterWriter:
 
     def discard(self) -> None:
         """Close ignoring errors (the temporary file itself is removed by AtomicOutputs)."""
-        if self._ds is not None:
-            try:
-                self._ds.close()
-            except Exception:
-                pass
-            self._ds = None
+        close_quietly(self._ds)
+        self._ds = None
 
 
 class PolygonSink:
@@ -132,12 +128,8 @@ class PolygonSink:
                 raise self._error(exc) from None
 
     def discard(self) -> None:
-        if self._dst is not None:
-            try:
-                self._dst.close()
-            except Exception:
-                pass
-            self._dst = None
+        close_quietly(self._dst)
+        self._dst = None
 
 
 def component_polygons(labels: np.ndarray, n: int, transform, unit_area: float, min_area: float = 0.0,
