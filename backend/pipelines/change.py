@@ -272,18 +272,14 @@ class _EngineConfidence:
 
 
 def write_change_probability(result: Any, probability_path: Path, threshold: float, *,
-                             window: int = DEFAULT_WINDOW, whole_arrays: bool = False,
-                             progress: Optional[Progress] = None) -> Dict[str, np.ndarray]:
+                             window: int = DEFAULT_WINDOW,
+                             on_window: Optional[Any] = None,
+                             progress: Optional[Progress] = None) -> None:
     """Replace the engine's confidence raster by P(change) x 100, window by window.
 
-    whole_arrays: also return {"probability", "change", "valid"} whole-raster arrays (float32 +
-    2 bool: 6 bytes a pixel), for per-AOI jobs such as building damage; {} otherwise."""
+    on_window(window, probability float32, change bool, valid bool): called with each window's
+    arrays (e.g. per-building statistics of a damage job, accumulated window by window)."""
     grid = result.grid
-    arrays: Dict[str, np.ndarray] = {}
-    if whole_arrays:
-        arrays = {"probability": np.zeros((grid.height, grid.width), np.float32),
-                  "change": np.zeros((grid.height, grid.width), bool),
-                  "valid": np.zeros((grid.height, grid.width), bool)}
     windows = processing_windows(grid.width, grid.height, window)
     with contextlib.ExitStack() as stack:
         classes_src = stack.enter_context(rasterio.open(result.written_path))
@@ -296,28 +292,23 @@ def write_change_probability(result: Any, probability_path: Path, threshold: flo
                 progress.update(k / len(windows), "writing P(change)")
             prob, change, valid = change_probability(classes_src.read(1, window=win), engine.read(win), threshold)
             out.write(probability_percent(prob, valid), win)
-            if whole_arrays:
-                rows, cols = win.toslices()
-                arrays["probability"][rows, cols] = prob
-                arrays["change"][rows, cols] = change
-                arrays["valid"][rows, cols] = valid
+            if on_window is not None:
+                on_window(win, prob, change, valid)
         out.close()
-    return arrays
 
 
 def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path, probability_path: Path, *,
                    model_path: Any = None, aoi: Optional[dict] = None, tile_size: Optional[int] = None,
                    overlap: int = 32, batch_size: int = 0, device: str = "auto", symmetric: bool = True,
                    threshold: float = 0.5, progress: Optional[Progress] = None,
-                   tasks: Sequence[str] = ("change",), whole_arrays: bool = False,
+                   tasks: Sequence[str] = ("change",),
                    write_probability: bool = True, window: int = DEFAULT_WINDOW) -> Dict[str, Any]:
     """Run the change (or damage) model over the overlap of pre and post; returns the engine result,
     the grid, model meta and the change predictor's threshold.
 
     For change models the engine's confidence raster is then rewritten as P(change) x 100, window by
-    window (write_probability=False leaves that to the caller, as run_change does in its own pass).
-    whole_arrays: also return "probability" (float32), "change" and "valid" (bool) whole-raster
-    arrays: 6 bytes a pixel, meant for per-AOI jobs (building damage), not for whole scenes."""
+    window (write_probability=False leaves that to the caller, as run_change and run_damage do in
+    their own pass)."""
     progress = progress or Progress()
     pre_path, pre_bands = input_spec(pre, "pre")
     post_path, post_bands = input_spec(post, "post")
@@ -343,8 +334,7 @@ def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path
     out = {"engine": result, "grid": result.grid, "meta": meta, "model": model, "device": result.device,
            "threshold": getattr(predictor, "threshold", 0.5)}
     if meta["task"] == "change" and write_probability:
-        out.update(write_change_probability(result, probability_path, out["threshold"], window=window,
-                                            whole_arrays=whole_arrays))
+        write_change_probability(result, probability_path, out["threshold"], window=window)
     return out
 
 

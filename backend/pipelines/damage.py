@@ -25,12 +25,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import rasterio
 import rasterio.features
+import rasterio.windows
 import shapely
 import shapely.geometry
+from rasterio.windows import Window
 
 from backend.errors import InputError
 from backend.io.raster import Grid
+from backend.pipelines.change_windows import DEFAULT_WINDOW, WindowRasterWriter, processing_windows, window_size
 
 ROOT = Path(__file__).resolve().parents[2]
 DAMAGE_PALETTE = ROOT / "resources" / "palettes" / "damage.json"
@@ -55,13 +59,97 @@ def classify_damage(score: np.ndarray, thresholds: Sequence[float] = DAMAGE_THRE
     return (np.digitize(np.asarray(score, np.float64), np.asarray(thresholds)) + 1).astype(np.int64)
 
 
-def _label_image(geoms: Sequence, grid: Grid, all_touched: bool = False) -> np.ndarray:
-    """int32 [H,W]: 1-based index of the geometry covering each pixel centre, 0 elsewhere."""
-    shapes = [(shapely.geometry.mapping(g), i + 1) for i, g in enumerate(geoms) if not g.is_empty]
+def _window_labels(geoms: Sequence, values: np.ndarray, transform, shape: Tuple[int, int],
+                   all_touched: bool = False) -> np.ndarray:
+    """int32 label image of `shape` on `transform`: values[i] on the pixels of geoms[i] (later win)."""
+    shapes = [(shapely.geometry.mapping(g), int(v)) for g, v in zip(geoms, values) if not g.is_empty]
     if not shapes:
-        return np.zeros((grid.height, grid.width), np.int32)
-    return rasterio.features.rasterize(shapes, out_shape=(grid.height, grid.width), transform=grid.transform,
-                                       fill=0, dtype="int32", all_touched=all_touched)
+        return np.zeros(shape, np.int32)
+    return rasterio.features.rasterize(shapes, out_shape=shape, transform=transform, fill=0, dtype="int32",
+                                       all_touched=all_touched)
+
+
+class _Selector:
+    """Which geometries may touch a processing window (bounds test with a one-pixel margin)."""
+
+    def __init__(self, geoms: Sequence, grid: Grid):
+        self.grid = grid
+        self.bounds = shapely.bounds(list(geoms)) if len(geoms) else np.zeros((0, 4))
+        self.margin_x, self.margin_y = abs(grid.transform.a) + abs(grid.transform.b), \
+            abs(grid.transform.d) + abs(grid.transform.e)
+
+    def __call__(self, window: Window, among: Optional[np.ndarray] = None) -> np.ndarray:
+        """Indices (ascending) of the geometries (or of `among`) whose bounds meet the window."""
+        left, bottom, right, top = rasterio.windows.bounds(window, self.grid.transform)
+        left, right = min(left, right) - self.margin_x, max(left, right) + self.margin_x
+        bottom, top = min(bottom, top) - self.margin_y, max(bottom, top) + self.margin_y
+        b = self.bounds if among is None else self.bounds[among]
+        hit = (b[:, 0] <= right) & (b[:, 2] >= left) & (b[:, 1] <= top) & (b[:, 3] >= bottom)
+        return np.nonzero(hit)[0] if among is None else among[hit]
+
+
+class BuildingLabels:
+    """Footprint and ring label images of one processing window, as the whole-grid rasterisation
+    would give them: footprints cover the pixel centres inside them (the later footprint wins);
+    footprints with no pixel centre anywhere in the grid get the pixels they touch (where no other
+    footprint is); rings (ring_width grid units around each footprint) lose all footprint pixels.
+
+    Which footprints need the touched pixels is decided once, on the whole grid, window by window
+    (a rasterisation pass without reading any raster), so windows never change the statistics.
+    """
+
+    def __init__(self, footprints: Sequence, grid: Grid, ring_width: Optional[float] = None, window: int = 0):
+        self.footprints, self.grid = list(footprints), grid
+        self.n = len(self.footprints)
+        self.select = _Selector(self.footprints, grid)
+        self.rings = None
+        if ring_width is not None:
+            self.rings = [g.buffer(ring_width).difference(g) if ring_width > 0 else shapely.geometry.Polygon()
+                          for g in self.footprints]
+            self.select_ring = _Selector(self.rings, grid)
+        self.windows = processing_windows(grid.width, grid.height, int(window or DEFAULT_WINDOW))
+        self._missing: Optional[np.ndarray] = None
+
+    @property
+    def missing(self) -> np.ndarray:
+        """1-based ids (ascending) of the footprints with no pixel centre in the whole grid."""
+        if self._missing is None:
+            present = np.zeros(self.n + 1, bool)
+            for win in self.windows:
+                present[np.unique(self._centre_labels(win))] = True
+            self._missing = np.nonzero(~present[1:])[0] + 1
+            self.missing_value = np.zeros(self.n + 1, np.int64)
+            self.missing_value[self._missing] = np.arange(1, len(self._missing) + 1)
+        return self._missing
+
+    def _shape(self, win: Window) -> Tuple[int, int]:
+        return int(win.height), int(win.width)
+
+    def _centre_labels(self, win: Window) -> np.ndarray:
+        idx = self.select(win)
+        return _window_labels([self.footprints[i] for i in idx], idx + 1,
+                              self.grid.window_transform(win), self._shape(win))
+
+    def footprint_labels(self, win: Window, fallback: bool = True) -> np.ndarray:
+        """int32 ids (1-based, 0 = none) of the window's pixels; fallback: the sub-pixel rule."""
+        ids = self._centre_labels(win)
+        if fallback and self.missing.size:
+            idx = self.select(win, self.missing - 1)
+            if idx.size:
+                # whole grid: values 1..len(missing) in the order of `missing` (later wins)
+                touched = _window_labels([self.footprints[i] for i in idx], self.missing_value[idx + 1],
+                                         self.grid.window_transform(win), self._shape(win),
+                                         all_touched=True)
+                fill = (ids == 0) & (touched > 0)
+                ids[fill] = self.missing[touched[fill] - 1]
+        return ids
+
+    def ring_labels(self, win: Window, ids: np.ndarray) -> np.ndarray:
+        idx = self.select_ring(win)
+        ring_ids = _window_labels([self.rings[i] for i in idx], idx + 1,
+                                  self.grid.window_transform(win), self._shape(win))
+        ring_ids[ids > 0] = 0
+        return ring_ids
 
 
 @dataclass
@@ -76,60 +164,116 @@ class BuildingStats:
     certainty: np.ndarray
 
 
+class BuildingChangeAccumulator:
+    """Per-building sums of a change map, added one processing window at a time (np.bincount with
+    minlength). Counts are exact; P(change) from the engine is a whole percent in float32, so its
+    float64 sums (and those of the certainty) are exact too: the statistics do not depend on the
+    windows (for arbitrary float P, a building across window edges may differ in the last bit)."""
+
+    def __init__(self, footprints: Sequence, grid: Grid, threshold: float = 0.5, ring_m: float = 2.0,
+                 window: int = 0):
+        from backend.pipelines.change import metres_to_grid_units
+
+        self.grid, self.threshold, self.n = grid, float(threshold), len(footprints)
+        self.areas = np.asarray([g.area for g in footprints], np.float64)
+        ring_width = metres_to_grid_units(grid, ring_m) if ring_m > 0 else 0.0
+        self.labels = BuildingLabels(footprints, grid, ring_width, window=window)
+        self.windows = self.labels.windows
+        names = ("pixels", "valid", "changed", "probability", "certainty", "ring_valid", "ring_changed")
+        self.sums = {k: np.zeros(self.n + 1, np.float64) for k in names}
+
+    def add(self, win: Window, probability: np.ndarray, change: Optional[np.ndarray], valid: np.ndarray) -> None:
+        """One window's P(change) (float32), change decision (None: P >= threshold) and valid mask."""
+        if not self.n:
+            return
+        ids = self.labels.footprint_labels(win)
+        ring_ids = self.labels.ring_labels(win, ids)
+        changed = ((probability >= self.threshold) if change is None else change) & valid
+        certainty = np.maximum(probability, 1 - probability)
+        n = self.n
+
+        def add(key: str, labels: np.ndarray, values: Optional[np.ndarray]) -> None:
+            self.sums[key] += np.bincount(labels.ravel(), weights=None if values is None else values.ravel(),
+                                          minlength=n + 1)
+
+        add("pixels", ids, None)
+        add("valid", ids, valid.astype(np.float64))
+        add("ring_valid", ring_ids, valid.astype(np.float64))
+        add("changed", ids, changed.astype(np.float64))
+        add("ring_changed", ring_ids, changed.astype(np.float64))
+        add("probability", ids, np.where(valid, probability, 0.0))
+        add("certainty", ids, np.where(valid, certainty, 0.0))
+
+    def result(self) -> BuildingStats:
+        s = {k: v[1:] for k, v in self.sums.items()}
+        valid_fp = s["valid"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            footprint_fraction = s["changed"] / valid_fp
+            ring_fraction = s["ring_changed"] / s["ring_valid"]
+            mean_probability = s["probability"] / valid_fp
+            mean_certainty = s["certainty"] / valid_fp
+        pixel_area = abs(self.grid.transform.a * self.grid.transform.e)
+        coverage = np.clip(valid_fp * pixel_area / np.maximum(self.areas, pixel_area), 0.0, 1.0)
+        return BuildingStats(s["pixels"].copy(), valid_fp, coverage, footprint_fraction, ring_fraction,
+                             mean_probability, mean_certainty)
+
+
 def building_change_stats(probability: np.ndarray, valid: np.ndarray, grid: Grid, footprints: Sequence,
                           changed: Optional[np.ndarray] = None, threshold: float = 0.5,
-                          ring_m: float = 2.0) -> BuildingStats:
-    """Changed fractions, mean P(change) and certainty inside each footprint and its ring.
+                          ring_m: float = 2.0, window: int = 0) -> BuildingStats:
+    """Changed fractions, mean P(change) and certainty inside each footprint and its ring, from
+    whole-grid arrays (run_damage streams the windows of the engine's rasters instead).
 
-    changed: the change decision per pixel (default P >= threshold)."""
-    n = len(footprints)
-    ids = _label_image(footprints, grid)
-    # Footprints smaller than a pixel centre get the pixels they touch.
-    missing = np.setdiff1d(np.arange(1, n + 1), np.unique(ids))
-    if missing.size:
-        touched = _label_image([footprints[i - 1] for i in missing], grid, all_touched=True)
-        fill = (ids == 0) & (touched > 0)
-        ids[fill] = missing[touched[fill] - 1]
-    from backend.pipelines.change import metres_to_grid_units
-
-    ring_width = metres_to_grid_units(grid, ring_m)
-    rings = [g.buffer(ring_width).difference(g) if ring_m > 0 else shapely.geometry.Polygon() for g in footprints]
-    ring_ids = _label_image(rings, grid)
-    ring_ids[ids > 0] = 0
-
-    changed = ((probability >= threshold) if changed is None else changed) & valid
-    certainty = np.maximum(probability, 1 - probability)
-
-    def sums(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
-        return np.bincount(labels.ravel(), weights=values.ravel(), minlength=n + 1)[1:]
-
-    pixels = np.bincount(ids.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    valid_fp = sums(ids, valid.astype(np.float64))
-    ring_valid = sums(ring_ids, valid.astype(np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        footprint_fraction = sums(ids, changed.astype(np.float64)) / valid_fp
-        ring_fraction = sums(ring_ids, changed.astype(np.float64)) / ring_valid
-        mean_probability = sums(ids, np.where(valid, probability, 0.0)) / valid_fp
-        mean_certainty = sums(ids, np.where(valid, certainty, 0.0)) / valid_fp
-    pixel_area = abs(grid.transform.a * grid.transform.e)
-    areas = np.asarray([g.area for g in footprints], np.float64)
-    coverage = np.clip(valid_fp * pixel_area / np.maximum(areas, pixel_area), 0.0, 1.0)
-    return BuildingStats(pixels, valid_fp, coverage, footprint_fraction, ring_fraction,
-                         mean_probability, mean_certainty)
+    changed: the change decision per pixel (default P >= threshold); window: processing window (px,
+    default change_windows.DEFAULT_WINDOW), which does not change the results."""
+    acc = BuildingChangeAccumulator(footprints, grid, threshold=threshold, ring_m=ring_m, window=window)
+    for win in acc.windows:
+        rows, cols = win.toslices()
+        acc.add(win, probability[rows, cols], None if changed is None else changed[rows, cols], valid[rows, cols])
+    return acc.result()
 
 
-def footprint_class_probabilities(class_probs: np.ndarray, valid: np.ndarray, grid: Grid,
-                                  footprints: Sequence) -> Tuple[np.ndarray, np.ndarray]:
-    """DamageModel route: mean probabilities of classes 1..4 (renormalised) per footprint, and valid pixels."""
-    n = len(footprints)
-    ids = _label_image(footprints, grid, all_touched=False)
-    ids = np.where(valid, ids, 0)
-    counts = np.bincount(ids.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    means = np.stack([np.bincount(ids.ravel(), weights=class_probs[k].ravel(), minlength=n + 1)[1:]
-                      for k in range(1, 5)], axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = means / means.sum(axis=1, keepdims=True)
-    return means, counts
+class DamageVoteAccumulator:
+    """DamageModel route, window by window: per footprint (pixel centres, no sub-pixel fallback) the
+    summed confidence and the pixel count of each class 1..4, and its valid pixels. A footprint
+    inside one window gets the very sums of one whole-grid pass; one across window edges adds its
+    confidence / 100 (float64) in another order, so its confidence may differ in the last bit."""
+
+    def __init__(self, footprints: Sequence, grid: Grid, nodata: int, window: int = 0):
+        self.grid, self.nodata, self.n = grid, nodata, len(footprints)
+        self.areas = np.asarray([g.area for g in footprints], np.float64)
+        self.labels = BuildingLabels(footprints, grid, None, window=window) if self.n else None
+        self.votes = np.zeros((self.n + 1, 4), np.float64)
+        self.counts = np.zeros((self.n + 1, 4), np.float64)
+        self.valid = np.zeros(self.n + 1, np.float64)
+
+    def add(self, win: Window, classes: np.ndarray, confidence: np.ndarray) -> None:
+        if not self.n:
+            return
+        ids = self.labels.footprint_labels(win, fallback=False).ravel()
+        valid = classes != self.nodata
+        confidence = confidence.astype(np.float64) / 100.0
+        n = self.n
+        for k in range(1, 5):
+            hit = valid & (classes == k)
+            self.votes[:, k - 1] += np.bincount(ids, weights=np.where(hit, confidence, 0).ravel(), minlength=n + 1)
+            self.counts[:, k - 1] += np.bincount(ids, weights=hit.ravel().astype(np.float64), minlength=n + 1)
+        self.valid += np.bincount(ids, weights=valid.ravel().astype(np.float64), minlength=n + 1)
+
+    def result(self) -> Dict[str, np.ndarray]:
+        """Per building: class with the largest summed confidence among its pixels of classes 1..4."""
+        n = self.n
+        votes, counts, valid_fp = self.votes[1:], self.counts[1:], self.valid[1:]
+        damage = votes.argmax(axis=1) + 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            conf = votes[np.arange(n), damage - 1] / counts[np.arange(n), damage - 1]
+        pixel_area = abs(self.grid.transform.a * self.grid.transform.e)
+        coverage = np.clip(valid_fp * pixel_area / np.maximum(self.areas, pixel_area), 0, 1)
+        # Footprints where the model saw only background get no class: coverage 0 drops them below.
+        coverage = np.where(counts.sum(axis=1) > 0, coverage, 0.0)
+        nan = np.full(n, -1.0)
+        return {"damage": damage, "confidence": np.nan_to_num(conf), "score": nan, "changed_fraction": nan,
+                "ring_changed_fraction": nan, "mean_probability": nan, "coverage": coverage}
 
 
 # ----------------------------------------------------------------------------- footprints
@@ -178,7 +322,10 @@ def load_footprints(path: Any, grid: Grid) -> Tuple[List[Any], List[Any], int]:
 
 def localize_buildings(pre: Any, grid: Grid, outputs, path: Path, landcover_model: Any, *, aoi, tile_size,
                        overlap: int, batch_size: int, device: str, min_area: float, progress) -> Tuple[list, Dict]:
-    """Building polygons from the land-cover model's 'building' class on the pre image."""
+    """Building polygons from the land-cover model's 'building' class on the pre image.
+
+    Whole AOI: the land-cover class raster and the building mask are whole-grid arrays here (1 byte
+    + 1 bool a pixel) for mask_polygons; only the per-building statistics after it are windowed."""
     from backend.pipelines.change import mask_polygons, predict_landcover
 
     classes, meta, _ = predict_landcover(pre, grid, outputs, path, landcover_model, aoi=aoi, tile_size=tile_size,
@@ -194,10 +341,7 @@ def localize_buildings(pre: Any, grid: Grid, outputs, path: Path, landcover_mode
 
 # ----------------------------------------------------------------------------- pipeline
 
-def _classify_with_change(found: Dict[str, Any], grid: Grid, geoms: list, threshold: float,
-                          ring_m: float) -> Dict[str, np.ndarray]:
-    stats = building_change_stats(found["probability"], found["valid"], grid, geoms, changed=found["change"],
-                                  ring_m=ring_m)
+def _change_result(stats: BuildingStats) -> Dict[str, np.ndarray]:
     score = damage_score(np.nan_to_num(stats.footprint_fraction), stats.ring_fraction)
     return {"damage": classify_damage(score), "confidence": np.nan_to_num(stats.certainty),
             "score": score, "changed_fraction": np.nan_to_num(stats.footprint_fraction),
@@ -205,33 +349,51 @@ def _classify_with_change(found: Dict[str, Any], grid: Grid, geoms: list, thresh
             "mean_probability": np.nan_to_num(stats.mean_probability), "coverage": stats.coverage}
 
 
-def _classify_with_damage_model(engine_result, grid: Grid, geoms: list) -> Dict[str, np.ndarray]:
-    """Per building: class with the largest summed confidence among its pixels of classes 1..4."""
-    import rasterio
+def _classify_with_change(found: Dict[str, Any], probability_path: Path, grid: Grid, geoms: list,
+                          ring_m: float, window: int, progress) -> Dict[str, np.ndarray]:
+    """Change-model rule: P(change) written window by window, each window's per-building sums added."""
+    from backend.pipelines.change import write_change_probability
 
-    with rasterio.open(engine_result.written_path) as src:
-        classes = src.read(1)
-    with rasterio.open(engine_result.confidence_written_path) as src:
-        confidence = src.read(1).astype(np.float64) / 100.0
-    valid = classes != engine_result.nodata
-    ids = _label_image(geoms, grid)
-    n = len(geoms)
-    votes = np.stack([np.bincount(ids.ravel(), weights=np.where(valid & (classes == k), confidence, 0).ravel(),
-                                  minlength=n + 1)[1:] for k in range(1, 5)], axis=1)
-    counts = np.stack([np.bincount(ids.ravel(), weights=(valid & (classes == k)).ravel().astype(np.float64),
-                                   minlength=n + 1)[1:] for k in range(1, 5)], axis=1)
-    damage = votes.argmax(axis=1) + 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        conf = votes[np.arange(n), damage - 1] / counts[np.arange(n), damage - 1]
-    valid_fp = np.bincount(ids.ravel(), weights=valid.ravel().astype(np.float64), minlength=n + 1)[1:]
-    areas = np.asarray([g.area for g in geoms], np.float64)
-    pixel_area = abs(grid.transform.a * grid.transform.e)
-    coverage = np.clip(valid_fp * pixel_area / np.maximum(areas, pixel_area), 0, 1)
-    # Footprints where the model saw only background get no class: coverage 0 drops them below.
-    coverage = np.where(counts.sum(axis=1) > 0, coverage, 0.0)
-    nan = np.full(n, -1.0)
-    return {"damage": damage, "confidence": np.nan_to_num(conf), "score": nan, "changed_fraction": nan,
-            "ring_changed_fraction": nan, "mean_probability": nan, "coverage": coverage}
+    acc = BuildingChangeAccumulator(geoms, grid, threshold=0.5, ring_m=ring_m, window=window)
+    write_change_probability(found["engine"], probability_path, found["threshold"], window=window,
+                             on_window=acc.add, progress=progress)
+    return _change_result(acc.result())
+
+
+def _classify_with_damage_model(engine_result, grid: Grid, geoms: list, window: int,
+                                progress) -> Dict[str, np.ndarray]:
+    """Per building: class with the largest summed confidence among its pixels of classes 1..4,
+    from the engine's class + confidence rasters read one window at a time."""
+    acc = DamageVoteAccumulator(geoms, grid, engine_result.nodata, window=window)
+    windows = processing_windows(grid.width, grid.height, window)
+    with rasterio.open(engine_result.written_path) as classes_src, \
+            rasterio.open(engine_result.confidence_written_path) as confidence_src:
+        for k, win in enumerate(windows):
+            progress.update(k / len(windows), "per-building damage")
+            acc.add(win, classes_src.read(1, window=win), confidence_src.read(1, window=win))
+    return acc.result()
+
+
+def _write_damage_raster(path: Path, final_name: Path, grid: Grid, geoms: list, assessed: np.ndarray,
+                         damage: np.ndarray, window: int) -> None:
+    """The assessed footprints burnt with their class (pixel centres, later wins), window by window."""
+    from backend.io.writer import class_colormap
+
+    select = _Selector([geoms[i] for i in assessed], grid)
+    out = WindowRasterWriter(path, grid, np.uint8, 0, final_name)
+    try:
+        for win in processing_windows(grid.width, grid.height, window):
+            idx = select(win)
+            raster = _window_labels([geoms[assessed[j]] for j in idx], damage[assessed[idx]],
+                                    grid.window_transform(win),
+                                    (int(win.height), int(win.width))).astype(np.uint8)
+            out.write(raster, win)
+        out.close()
+    except BaseException:
+        out.discard()
+        raise
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, class_colormap(damage_classes(), 0))
 
 
 def run_damage(params: Dict[str, Any], progress=None) -> Dict[str, Any]:
@@ -243,10 +405,14 @@ def run_damage(params: Dict[str, Any], progress=None) -> Dict[str, Any]:
     landcover_model=None (default land-cover model), aoi=None, ring_m=2.0, min_coverage=0.5,
     min_building_area=20 (m², localised buildings only), tile_size, overlap=32, batch_size=0 (auto), device="auto".
 
-    Memory: damage jobs are per AOI (a neighbourhood, not a scene): the per-building statistics use
-    whole-raster P(change) / change / valid arrays (predict_change(whole_arrays=True), 6 bytes a
-    pixel) and footprint label images. Scene-sized change maps go through run_change, whose
-    post-processing is windowed.
+    window=4096: processing window (px, a multiple of 256) of the post-processing.
+
+    Memory: after the streaming engine, everything runs one processing window at a time: the
+    per-building statistics are sums over pixels (np.bincount) added window by window, from the
+    footprints and rings that meet the window, and the damage raster is written window by window;
+    the results do not depend on the window (damage-model route: the confidence of a footprint
+    across window edges may differ in the last bit). Without footprints, building localisation
+    (localize_buildings) still works on the whole AOI.
     """
     import tempfile
 
@@ -264,10 +430,9 @@ def run_damage(params: Dict[str, Any], progress=None) -> Dict[str, Any]:
 def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
     from backend.inference.predictors import resolve_device
     from backend.io.atomic import AtomicOutputs
-    from backend.io.writer import class_colormap
     from backend.io.style import raster_qml, vector_qml, write_qml
-    from backend.pipelines.change import (DEFAULT_LANDCOVER_MODEL, _float_param, _write_raster, pixel_area,
-                                          predict_change, write_polygons)
+    from backend.pipelines.change import (DEFAULT_LANDCOVER_MODEL, _float_param, pixel_area, predict_change,
+                                          write_polygons)
 
     name = str(params.get("name") or "damage")
     if not name.replace("_", "").replace("-", "").isalnum():
@@ -278,6 +443,7 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
     overlap = int(params.get("overlap", 32) if params.get("overlap") is not None else 32)
     batch_size = int(params.get("batch_size") or 0)  # 0: the engine picks for the device
     device = resolve_device(params.get("device") or "auto")
+    window = window_size(params.get("window"))
     out_dir = Path(params["output_dir"]).resolve()
     paths = {k: out_dir / f"{name}{suffix}" for k, suffix in [
         ("raster", ".tif"), ("raster_qml", ".qml"), ("vector", ".gpkg"), ("vector_qml", "_vector.qml"),
@@ -290,7 +456,7 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
                                model_path=params.get("model"), aoi=params.get("aoi"),
                                tile_size=params.get("tile_size"), overlap=overlap, batch_size=batch_size,
                                device=device, progress=progress.sub(0.0, 0.6), tasks=("change", "damage"),
-                               whole_arrays=True)  # per-building statistics: whole arrays of the AOI
+                               write_probability=False)  # P(change) written below with the statistics
         grid = found["grid"]
         outs: List[Dict[str, Any]] = []
         if params.get("buildings"):
@@ -307,20 +473,15 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
         progress.update(0.88, f"assessing {len(geoms)} buildings")
         if found["meta"]["task"] == "change":
             method = "change-model rule"
-            result = _classify_with_change(found, grid, geoms, 0.5, ring_m)
+            result = _classify_with_change(found, paths["probability"], grid, geoms, ring_m, window,
+                                           progress.sub(0.88, 0.95))
         else:
             method = "damage model"
-            result = _classify_with_damage_model(found["engine"], grid, geoms)
+            result = _classify_with_damage_model(found["engine"], grid, geoms, window, progress.sub(0.88, 0.95))
         assessed = np.nonzero(result["coverage"] >= min_coverage)[0] if geoms else np.zeros(0, np.int64)
 
-        raster = np.zeros((grid.height, grid.width), np.uint8)
-        if assessed.size:
-            raster = rasterio.features.rasterize(
-                [(shapely.geometry.mapping(geoms[i]), int(result["damage"][i])) for i in assessed],
-                out_shape=raster.shape, transform=grid.transform, fill=0, dtype="uint8")
-        _write_raster(outputs.path_for(paths["raster"]), raster, grid, 0, paths["raster"])
-        with rasterio.open(outputs.path_for(paths["raster"]), "r+") as dst:
-            dst.write_colormap(1, class_colormap(classes, 0))
+        _write_damage_raster(outputs.path_for(paths["raster"]), paths["raster"], grid, geoms, assessed,
+                             np.asarray(result["damage"]), window)
         write_qml(outputs.path_for(paths["raster_qml"]), raster_qml(classes), paths["raster_qml"])
 
         names = {int(c["value"]): c["name"] for c in classes}
