@@ -167,6 +167,8 @@ class DamageParams(OutputParams, PairOptions):
     ring_m: float = Field(2.0, ge=0, le=100, description="ring around each footprint (m)")
     min_coverage: float = Field(0.5, ge=0, le=1)
     min_building_area: float = Field(20.0, ge=0, description="m^2, localised buildings only")
+    window: int = Field(4096, ge=256, le=65536, multiple_of=256,
+                        description="post-processing window (px): bounds memory; results do not depend on it")
     name: str = "damage"
 
 

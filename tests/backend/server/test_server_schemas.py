@@ -49,6 +49,8 @@ def test_server_defaults_reach_the_pipelines():
     ch = params_model("change")(pre="/a.tif", post="/b.tif", output_dir="/o").model_dump(mode="json")
     assert ch["tile_size"] is None and ch["overlap"] == 32 and ch["threshold"] == 0.5
     assert ch["window"] == 4096  # the pipeline's own default post-processing window
+    dmg = params_model("damage")(pre="/a.tif", post="/b.tif", output_dir="/o").model_dump(mode="json")
+    assert dmg["window"] == 4096
     s2 = params_model("landcover")(s2=[{"path": "/s.tif", "date": "2020-02-29"}], output_dir="/o").model_dump(mode="json")
     assert s2["s2"][0]["date"] == "2020-02-29"
 
@@ -60,6 +62,7 @@ def test_server_defaults_reach_the_pipelines():
     ("landcover", {"hr": [], "s2": [], "s1": []}, "at least one input raster"),
     ("change", {"threshold": 1.5}, "threshold"),
     ("change", {"window": 1000}, "multiple of 256"),
+    ("damage", {"window": 100}, "window"),
     ("landcover", {"batch_size": -1}, "batch_size"),
     ("finetune", {"chip_size": 100}, "multiple of 32"),
     ("finetune", {"epochs": 0}, "epochs"),
