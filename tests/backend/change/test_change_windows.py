@@ -187,17 +187,22 @@ def test_one_window_polygons_and_statistics(tmp_path, monkeypatch):
     assert small["metrics"]["polygons"] == PARTS - 2
 
 
+def traced_peak(call):
+    """(peak bytes traced by tracemalloc while call() ran (numpy arrays included), its result)."""
+    tracemalloc.start()
+    try:
+        result = call()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
 def test_memory_is_set_by_the_window_not_the_raster(tmp_path, monkeypatch):
     fake_engine(monkeypatch, striped_change)
 
     def peak(height, name):
         pre, post = make_pair(tmp_path / name, height, 512)
-        tracemalloc.start()
-        try:
-            result = run(pre, post, tmp_path / f"out_{name}", window=256)
-            return tracemalloc.get_traced_memory()[1], result
-        finally:
-            tracemalloc.stop()
+        return traced_peak(lambda: run(pre, post, tmp_path / f"out_{name}", window=256))
 
     peak(256, "warm-up")  # one-time allocations (lazy imports, GDAL / fiona drivers) out of the way
     peak_short, short = peak(512, "short")

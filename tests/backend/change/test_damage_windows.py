@@ -4,7 +4,6 @@ whole-grid computation), memory set by the window, not by the raster.
 run_damage goes through the fake engine of test_change_windows (synthetic class / confidence rasters
 written strip by strip), so these tests exercise its own post-processing in seconds.
 """
-import tracemalloc
 
 import fiona
 import numpy as np
@@ -19,7 +18,7 @@ from backend.io.raster import Grid
 from backend.pipelines.change import metres_to_grid_units
 from backend.pipelines.damage import building_change_stats, run_damage
 
-from .test_change_windows import NODATA_ROWS, fake_engine, make_pair, rect_change
+from .test_change_windows import NODATA_ROWS, fake_engine, make_pair, rect_change, traced_peak
 
 X0, Y0, RES = 500000, 4100000, 0.5  # make_pair's grid: EPSG:32615, 0.5 m pixels
 
@@ -177,12 +176,7 @@ def test_damage_memory_is_set_by_the_window_not_the_raster(tmp_path, monkeypatch
     def peak(height, name):
         pre, post = make_pair(tmp_path / name, height, 512)
         buildings = write_footprints(tmp_path / name / "buildings.gpkg", footprints(height))
-        tracemalloc.start()
-        try:
-            result = run(pre, post, buildings, tmp_path / f"out_{name}", window=256)
-            return tracemalloc.get_traced_memory()[1], result
-        finally:
-            tracemalloc.stop()
+        return traced_peak(lambda: run(pre, post, buildings, tmp_path / f"out_{name}", window=256))
 
     peak(256, "warm-up")  # one-time allocations (lazy imports, GDAL / fiona drivers) out of the way
     peak_short, short = peak(512, "short")
