@@ -4,6 +4,7 @@ Sections (all on synthetic rasters generated into a temporary folder):
   1. CPU speed of the tiny SkySense segmentation model: plain sequential tile loop vs the engine
      (fp32; and bf16 autocast on CPUs that do bf16 in hardware).
   1b. bf16 vs fp32 on the real LoveDA sample tiles: label agreement and held-out accuracy.
+  1c. runtime "compile" (torch.compile): first-run compile cost (empty and filled kernel cache) and speed.
   2. PyTorch eager vs ONNX Runtime inside the engine (when models.onnx_export can export).
   3. Peak memory (VmHWM of a fresh process) from 2048² to 20k², tall and wide rasters.
   4. On a CUDA GPU: fp32 vs mixed precision (autocast fp16).
@@ -134,6 +135,57 @@ def bench_speed(tmp: Path, size: int, results: dict) -> str:
     return table(f"1. CPU segmentation speed, tiny SkySense model, {size}x{size} px "
                  f"(torch threads {torch.get_num_threads()}, best of {REPEAT})",
                  ["run", "tiles", "seconds", "MP/s", "vs loop@256"], rows) + "\n" + note
+
+
+def bench_compile(tmp: Path, size: int, results: dict) -> str:
+    """runtime "compile" in the engine: compile seconds with an empty and a filled kernel cache, then speed."""
+    import torch._dynamo
+
+    raster = tmp / f"speed_{size}.tif"
+    if not raster.exists():
+        make_test_raster(raster, size)
+    model = build_model("tiny")
+    mp = size * size / 1e6
+    saved = {k: os.environ.get(k) for k in ("SKYSENSE_CACHE", "TORCHINDUCTOR_CACHE_DIR")}
+    os.environ["SKYSENSE_CACHE"] = str(tmp / "compile_cache")  # empty: the first job's cost, honestly
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    kinds = [("fp32", False)] + ([("bf16", True)] if cpu_has_native_bf16() else [])
+    rows, figures = [], {}
+    try:
+        for label, bf16 in kinds:
+            firsts = []
+            for _ in range(2):  # 1st: empty kernel cache; 2nd: a later job (fresh graph, cache filled)
+                torch._dynamo.reset()
+                predictor = TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=bf16, compile=True)
+                start = time.perf_counter()
+                run_inference([EngineInput(raster, **NORM)], predictor, tmp / "compiled.tif", CLASSES,
+                              tile_size=512, overlap=64, batch_size=4)
+                firsts.append(time.perf_counter() - start)
+            if not predictor.compiled:
+                return "\n1c. runtime 'compile': skipped (torch.compile does not work here; see the log warning)"
+            eager = _engine(raster, tmp / f"eager_{label}.tif",
+                            TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=bf16), 512, 64, 4)
+            secs = _engine(raster, tmp / f"compiled_{label}.tif", predictor, 512, 64, 4)
+            agree = _agreement(tmp / f"eager_{label}.tif", tmp / f"compiled_{label}.tif")
+            figures[label] = {"eager_mps": mp / eager, "compiled_mps": mp / secs, "compile_cold_s": firsts[0] - secs,
+                              "compile_warm_s": firsts[1] - secs, "agreement": agree}
+            loop = results.get("speed", {}).get("loop256")
+            rows.append([f"engine, PyTorch {label}, compiled", f"{firsts[0] - secs:.0f}", f"{firsts[1] - secs:.0f}",
+                         f"{secs:.1f}", f"{mp / secs:.3f}", f"{eager / secs:.2f}x",
+                         f"{(mp / secs) / loop:.2f}x" if loop else "-", f"{agree:.4f}"])
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    results["compile"] = figures
+    return (table(f"1c. runtime 'compile' (torch.compile, inductor), engine tile 512/64 batch 4, {size}x{size} px",
+                  ["run", "compile s (empty cache)", "compile s (cache filled)", "seconds", "MP/s", "vs eager",
+                   "vs loop@256", "labels = eager"], rows)
+            + "\ncompile s: extra time of a job's first batch (per model, tile size and batch size; the kernel cache "
+              "in ~/.cache/skysense-qgis/inductor\nkeeps the filled-cache figure for later jobs). Worth it when a job's "
+              "eager time saved exceeds that.")
 
 
 def bench_precision_real(tmp: Path, results: dict) -> str:
@@ -320,7 +372,7 @@ def main(argv=None) -> int:
     ap.add_argument("--int8-size", type=int, default=1024,
                     help="raster side for the int8 section (six runtimes x best of --repeat: ~5 min at 1024)")
     ap.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes)")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,precision,onnx,memory,gpu,int8")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,compile,precision,onnx,memory,gpu,int8")
     ap.add_argument("--repeat", type=int, default=3, help="speed runs: best of this many (default 3)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
@@ -340,6 +392,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="skysense-bench-") as tmpdir:
         tmp = Path(tmpdir)
         for name, run in (("speed", lambda: bench_speed(tmp, args.speed_size, results)),
+                          ("compile", lambda: bench_compile(tmp, args.speed_size, results)),
                           ("precision", lambda: bench_precision_real(tmp, results)),
                           ("onnx", lambda: bench_onnx(tmp, args.speed_size, results)),
                           ("memory", lambda: bench_memory(tmp, sizes, args.real_model_memory, results)),

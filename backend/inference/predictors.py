@@ -10,13 +10,18 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
 
+import logging
+import os
+
 import numpy as np
 import torch
 
 from backend.errors import InputError
 
+log = logging.getLogger(__name__)
+
 __all__ = ["resolve_device", "cpu_has_native_bf16", "TorchPredictor", "OnnxRuntimePredictor", "onnx_providers",
-           "FlipTTA", "as_predictor"]
+           "FlipTTA", "as_predictor", "compile_module", "cache_root"]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -47,11 +52,15 @@ class TorchPredictor:
     """Runs an nn.Module under inference_mode, with autocast mixed precision where asked: fp16 on CUDA
     (`amp`, default on), bfloat16 on the CPU (`cpu_bf16`, default off; worth it on CPUs with
     cpu_has_native_bf16()). fp32 otherwise; the same code path either way. The module returns logits
-    (or probabilities with outputs='probs'); the engine always receives probabilities in float32."""
+    (or probabilities with outputs='probs'); the engine always receives probabilities in float32.
+
+    compile=True runs the module through torch.compile (compile_module): slow the first time for a
+    model and tile shape, faster per tile after; batches smaller than the first one are padded to its
+    size so one compiled graph serves the whole job. Where compiling fails it runs uncompiled."""
 
     def __init__(self, module: torch.nn.Module, device: str = "auto", amp: bool = True,
                  outputs: str = "logits", channels_last: bool | None = None, as_tensor: bool = False,
-                 cpu_bf16: bool = False):
+                 cpu_bf16: bool = False, compile: bool = False):
         self.as_tensor = as_tensor  # True: return the probabilities as a tensor on `device` (the engine
         # blends there, so only labels come back to the host); False: a numpy array
         self.device = resolve_device(device)
@@ -59,13 +68,23 @@ class TorchPredictor:
         self.amp_dtype = (torch.float16 if on_cuda and amp else
                           torch.bfloat16 if not on_cuda and cpu_bf16 else None)
         self.amp = self.amp_dtype is not None
-        self.precision = {None: "fp32", torch.float16: "fp16 mixed", torch.bfloat16: "bf16 mixed"}[self.amp_dtype]
+        self._precision = {None: "fp32", torch.float16: "fp16 mixed", torch.bfloat16: "bf16 mixed"}[self.amp_dtype]
         self.outputs = outputs
         # channels_last helps cuDNN convolutions; on CPU it was not faster for the tiny model (see bench).
         self.channels_last = on_cuda if channels_last is None else channels_last
         self.module = module.eval().to(self.device)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
+        self.compiled = False
+        self._batch = 0  # batch size of the compiled graph (the first batch's)
+        self._batch_compiled = False  # True once the compiled graph has run
+        self._eager = self.module
+        if compile:
+            self.module, self.compiled = compile_module(self.module)
+
+    @property
+    def precision(self) -> str:
+        return self._precision + (", compiled" if self.compiled else "")
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
@@ -75,16 +94,78 @@ class TorchPredictor:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
 
+    def _run(self, tensors: list) -> torch.Tensor:
+        if not self.compiled or self._batch_compiled:
+            return self.module(*tensors)
+        # torch.compile compiles at the first call: a missing C++ compiler shows up only here
+        try:
+            out = self.module(*tensors)
+        except Exception as exc:
+            log.warning("torch.compile failed (%s: %s); running the model uncompiled", type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "")
+            self.module, self.compiled = self._eager, False
+            return self.module(*tensors)
+        self._batch_compiled = True
+        return out
+
+    def _pad_batch(self, tensors: list) -> tuple:
+        """Pad a short batch with zero tiles to the compiled batch size (a new size would recompile)."""
+        n = tensors[0].shape[0]
+        self._batch = self._batch or n
+        if n >= self._batch:
+            return tensors, n
+        return [torch.cat([t, t.new_zeros((self._batch - n,) + tuple(t.shape[1:]))]) for t in tensors], n
+
     def __call__(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         tensors = [self._tensor(a) for a in inputs]
+        n = tensors[0].shape[0]
+        if self.compiled:
+            tensors, n = self._pad_batch(tensors)
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         autocast = torch.autocast(device_type, dtype=self.amp_dtype) if self.amp else nullcontext()
         with torch.inference_mode(), autocast:
-            out = self.module(*tensors)
-        out = out.float()
+            out = self._run(tensors)
+        out = out[:n].float()
         if self.outputs == "logits":
             out = torch.softmax(out, dim=1)
         return out if self.as_tensor else out.cpu().numpy()
+
+
+def cache_root() -> str:
+    """The backend's cache folder (ONNX exports, compiled kernels): $SKYSENSE_CACHE or ~/.cache/skysense-qgis."""
+    return os.environ.get("SKYSENSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "skysense-qgis")
+
+
+def inductor_cache_dir() -> str:
+    """Where compiled kernels are kept between runs, so a model and tile shape pay the compile once
+    per machine, not once per job."""
+    return os.path.join(cache_root(), "inductor")
+
+
+def _use_skysense_kernel_cache() -> None:
+    """Point inductor at inductor_cache_dir() unless the user chose a folder. torch writes its default
+    (a /tmp folder, lost at reboot) into the variable the first time it looks, so that value counts as unset."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        torch_default = os.path.abspath(default_cache_dir())
+    except Exception:  # private helper moved: only an unset variable counts as unset
+        torch_default = None
+    if current is None or os.path.abspath(current) == torch_default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache_dir()
+
+
+def compile_module(module: torch.nn.Module) -> tuple:
+    """(torch.compile'd module, True), or (module, False) with a logged warning where compiling is
+    impossible (no C++ compiler, an unsupported platform or operator). Static shapes: tiles and
+    batches have one size per job. The kernel cache lives in inductor_cache_dir() unless
+    TORCHINDUCTOR_CACHE_DIR says otherwise."""
+    _use_skysense_kernel_cache()
+    try:
+        return torch.compile(module, dynamic=False), True
+    except Exception as exc:  # compile is an optimisation: never fail a job over it
+        log.warning("torch.compile is unavailable (%s: %s); running the model uncompiled", type(exc).__name__, exc)
+        return module, False
 
 
 def onnx_providers(device: str = "auto") -> list:

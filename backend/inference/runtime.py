@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from backend.errors import InputError
-from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor, cpu_has_native_bf16, resolve_device
+from backend.inference.predictors import (OnnxRuntimePredictor, TorchPredictor, cache_root, cpu_has_native_bf16,
+                                         resolve_device)
 
-__all__ = ["make_predictor", "load_task_predictor", "onnx_cache_dir", "ONNX_MIN_MEGAPIXELS"]
+__all__ = ["RUNTIMES", "make_predictor", "load_task_predictor", "onnx_cache_dir", "ONNX_MIN_MEGAPIXELS"]
 
 log = logging.getLogger(__name__)
+RUNTIMES = ("auto", "torch", "onnx", "compile")
 ONNX_MIN_MEGAPIXELS = 40.0  # ~40 s of eager CPU time for the tiny model: a ~10 % gain then repays the ~5 s export
 
 
 def onnx_cache_dir() -> Path:
-    root = os.environ.get("SKYSENSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "skysense-qgis")
-    return Path(root) / "onnx"
+    return Path(cache_root()) / "onnx"
 
 
 def _file_digest(path: Path) -> str:
@@ -58,15 +58,20 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     """A predictor for the engine.
 
     runtime: "torch" (PyTorch on `device`: fp16 autocast on CUDA when `amp`, fp32 on CPU), "onnx" (ONNX
-    Runtime on CPU; error if it cannot be exported), or "auto": PyTorch on CUDA; on CPU, PyTorch with
-    bf16 autocast where the CPU has native bf16 (and `amp`), else ONNX Runtime when the job computes at
-    least ONNX_MIN_MEGAPIXELS (expected_tiles x tile_size²) and the export works, else PyTorch fp32.
+    Runtime on CPU; error if it cannot be exported), "compile" (PyTorch through torch.compile, with
+    auto's precision: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; uncompiled where compiling
+    fails), or "auto": PyTorch on CUDA; on CPU, PyTorch with bf16 autocast where the CPU has native bf16
+    (and `amp`), else ONNX Runtime when the job computes at least ONNX_MIN_MEGAPIXELS
+    (expected_tiles x tile_size²) and the export works, else PyTorch fp32.
     """
     runtime = (runtime or "auto").lower()
-    if runtime not in ("auto", "torch", "onnx"):
-        raise InputError(f"unknown runtime {runtime!r}: use 'auto', 'torch' or 'onnx'")
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}: use {', '.join(repr(r) for r in RUNTIMES)}")
     resolved = resolve_device(device)
     work_mp = expected_tiles * tile_size * tile_size / 1e6
+    if runtime == "compile":
+        return TorchPredictor(model, device=resolved, amp=amp, as_tensor=True, compile=True,
+                              cpu_bf16=resolved == "cpu" and amp and cpu_has_native_bf16())
     if runtime == "auto" and resolved == "cpu" and amp and cpu_has_native_bf16():
         return TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=True)
     if runtime == "torch" or (runtime == "auto" and (resolved != "cpu" or work_mp < ONNX_MIN_MEGAPIXELS)):

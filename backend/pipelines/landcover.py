@@ -86,7 +86,7 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
     Extra params beyond ARCHITECTURE.md: "shapefile": true (also write <name>.shp),
     "confidence": true (also write <name>_confidence.tif, max probability in percent),
     "allow_pixel_grid": true (accept ungeoreferenced images, processed on their pixel grid),
-    "runtime": "auto" | "torch" | "onnx" (see backend.inference.runtime.make_predictor),
+    "runtime": "auto" | "torch" | "onnx" | "compile" (see backend.inference.runtime.make_predictor),
     "tta": true (average with horizontally and vertically flipped predictions; 3x the compute).
     """
     progress = progress or Progress()
@@ -118,9 +118,9 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
     device = params.get("device") or "auto"
     runtime = params.get("runtime") or "auto"
     model, meta = load_segmentation_model(params.get("model"), device=device)
-    if not isinstance(model, nn.Module) and runtime == "torch":
+    if not isinstance(model, nn.Module) and runtime in ("torch", "compile"):
         raise InputError(f"{params.get('model')} is an ONNX model, which runs with ONNX Runtime only; "
-                         "use runtime 'auto' or 'onnx', or a .pth model file for 'torch'")
+                         f"use runtime 'auto' or 'onnx', or a .pth model file for {runtime!r}")
     tile_size = _int_param(params, "tile_size", int(meta.get("tile_size") or 512), 32)
     overlap = _int_param(params, "overlap", 64, 0)
     batch_size = _int_param(params, "batch_size", 0, 0)  # 0: the engine picks for the device
@@ -192,6 +192,7 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
         "width": result.grid.width, "height": result.grid.height,
         "crs": result.grid.crs.to_string() if result.grid.crs else None,
         "runtime": type(getattr(predictor, "base", predictor)).__name__, "tta": bool(params.get("tta")),
+        "precision": getattr(predictor, "precision", None),  # after the run: says whether compiling worked
     }
     return {"outputs": outputs, "classes": classes, "metrics": metrics, "device": result.device}
 

@@ -121,8 +121,10 @@ class LandcoverParams(OutputParams, InferenceOptions, VectorOptions):
     confidence: bool = Field(False, description="also write <name>_confidence.tif (max probability, %)")
     allow_pixel_grid: bool = Field(False, description="accept images without CRS (pixel grid)")
     max_invalid_fraction: float = Field(0.5, ge=0, le=1, description="skip S2/S1 frames with more invalid pixels")
-    runtime: Literal["auto", "torch", "onnx"] = Field(
-        "auto", description="auto = ONNX Runtime on CPU for large jobs, PyTorch otherwise")
+    runtime: Literal["auto", "torch", "onnx", "compile"] = Field(
+        "auto", description="auto = bf16 PyTorch on CPUs with native bf16, else ONNX Runtime on CPU for large "
+                            "jobs, PyTorch otherwise; compile = PyTorch through torch.compile (minutes to compile "
+                            "the first time for a model and tile size, then faster per tile)")
     tta: bool = Field(False, description="average predictions over flips (slower, smoother)")
 
     @model_validator(mode="after")
