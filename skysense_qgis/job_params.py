@@ -11,6 +11,7 @@ from qgis.core import QgsMapLayer, QgsRasterLayer, QgsVectorLayer
 from .layer_sources import LayerSourceError, guess_date, raster_path, vector_source
 
 DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("auto", "torch", "onnx", "compile")  # the backend's land-cover runtimes (backend.inference.runtime)
 
 
 def job_name(kind: str, when: Optional[dt.datetime] = None) -> str:
@@ -37,6 +38,12 @@ def _device(device: str) -> str:
     return device
 
 
+def _runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise LayerSourceError(f"Unknown runtime '{runtime}': use one of {', '.join(RUNTIMES)}.")
+    return runtime
+
+
 def dated_stack(entries: Sequence[Tuple[QgsRasterLayer, Optional[dt.date]]], label: str) -> list:
     """[{'path', 'date'}] for a Sentinel stack; every layer needs a date."""
     stack = []
@@ -52,7 +59,8 @@ def dated_stack(entries: Sequence[Tuple[QgsRasterLayer, Optional[dt.date]]], lab
 def landcover_params(hr: QgsRasterLayer, output_dir: str, name: str, *, bands: Sequence[int] = (1, 2, 3),
                      s2=(), s1=(), model: Optional[str] = None, tile_size: int = 512, overlap: int = 64,
                      batch_size: int = 0, device: str = "auto", aoi: Optional[dict] = None,
-                     vectorize: bool = True, min_area: float = 0.0, simplify: float = 0.0) -> dict:
+                     vectorize: bool = True, min_area: float = 0.0, simplify: float = 0.0,
+                     runtime: str = "auto") -> dict:
     hr_path = raster_path(hr)  # refuses non-file layers before anything else is checked
     if hr.bandCount() < max(bands):
         raise LayerSourceError(f"Layer '{hr.name()}' has {hr.bandCount()} band(s); the model reads bands "
@@ -67,7 +75,7 @@ def landcover_params(hr: QgsRasterLayer, output_dir: str, name: str, *, bands: S
         "output_dir": _output_dir(output_dir),
         "name": safe_name(name),
         "tile_size": int(tile_size), "overlap": int(overlap), "batch_size": int(batch_size),
-        "device": _device(device), "aoi": aoi,
+        "device": _device(device), "runtime": _runtime(runtime), "aoi": aoi,
         "vectorize": bool(vectorize), "min_area": float(min_area), "simplify": float(simplify),
     }
 

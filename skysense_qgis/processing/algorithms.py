@@ -6,7 +6,7 @@ import os
 
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputFile,
                        QgsProcessingOutputFolder, QgsProcessingOutputRasterLayer, QgsProcessingOutputString,
-                       QgsProcessingOutputVectorLayer, QgsProcessingParameterBand,
+                       QgsProcessingOutputVectorLayer, QgsProcessingParameterBand, QgsProcessingParameterDefinition,
                        QgsProcessingParameterBoolean, QgsProcessingParameterEnum, QgsProcessingParameterField,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterFolderDestination,
@@ -29,6 +29,14 @@ def _model_param(name="MODEL", description="Model file (empty: bundled default)"
 
 def _device_param():
     return QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICE_OPTIONS, defaultValue=0)
+
+
+def _runtime_param():
+    param = QgsProcessingParameterEnum("RUNTIME", "Runtime (auto: fastest for this computer; compile: minutes "
+                                       "of compiling the first time, then faster tiles)",
+                                       options=list(job_params.RUNTIMES), defaultValue=0)
+    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return param
 
 
 def _tile_param(default=512):
@@ -76,6 +84,7 @@ class LandcoverAlgorithm(SkySenseAlgorithm):
         self.addParameter(QgsProcessingParameterNumber("OVERLAP", "Tile overlap (pixels)",
                                                        QgsProcessingParameterNumber.Integer, 64, minValue=0))
         self.addParameter(_device_param())
+        self.addParameter(_runtime_param())
         self.addParameter(QgsProcessingParameterFeatureSource(
             "AOI", "Area of interest (polygons)", [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterBoolean("VECTORIZE", "Also write polygons", True))
@@ -100,6 +109,7 @@ class LandcoverAlgorithm(SkySenseAlgorithm):
             tile_size=self.parameterAsInt(parameters, "TILE_SIZE", context),
             overlap=self.parameterAsInt(parameters, "OVERLAP", context),
             device=DEVICE_OPTIONS[self.parameterAsEnum(parameters, "DEVICE", context)],
+            runtime=job_params.RUNTIMES[self.parameterAsEnum(parameters, "RUNTIME", context)],
             aoi=aoi_from_source(self, parameters, "AOI", context),
             vectorize=self.parameterAsBool(parameters, "VECTORIZE", context)))
         result = self.run_backend_job(params, feedback)

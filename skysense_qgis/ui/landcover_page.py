@@ -1,4 +1,4 @@
-"""'Land cover' section: HR raster, optional Sentinel-2/-1 stacks, model, tiling, device."""
+"""'Land cover' section: HR raster, optional Sentinel-2/-1 stacks, model, tiling, device, runtime."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,7 +9,7 @@ from qgis.PyQt.QtWidgets import QCheckBox, QGroupBox, QHBoxLayout, QPushButton, 
 from .. import job_params
 from .aoi_widget import AoiWidget
 from .dated_layer_table import DatedLayerTable
-from .widgets import ModelChooser, device_combo, form, hint, layer_combo, spin
+from .widgets import ModelChooser, device_combo, form, hint, layer_combo, runtime_combo, spin
 
 
 class LandcoverPage(QWidget):
@@ -32,6 +32,7 @@ class LandcoverPage(QWidget):
         self.batch_size.setToolTip("Tiles per model call. Auto: 8 on a GPU, 2 on a CPU (larger CPU batches "
                                    "are not faster, they only use more memory).")
         self.device = device_combo()
+        self.runtime = runtime_combo()
         self.vectorize = QCheckBox("Also write polygons")
         self.vectorize.setToolTip("Polygonize the class raster into a GeoPackage (one polygon per class region)")
         self.vectorize.setChecked(True)
@@ -60,6 +61,7 @@ class LandcoverPage(QWidget):
         o.addRow("Overlap", self.overlap)
         o.addRow("Batch size", self.batch_size)
         o.addRow("Device", self.device)
+        o.addRow("Runtime", self.runtime)
         o.addRow("Area", self.aoi)
         o.addRow(self.vectorize)
         main.addWidget(options)
@@ -73,4 +75,5 @@ class LandcoverPage(QWidget):
             s2=self.s2_table.entries(), s1=self.s1_table.entries(), model=self.model.model_path(),
             tile_size=self.tile_size.value(), overlap=self.overlap.value(),
             batch_size=self.batch_size.value(), device=self.device.currentData(),
+            runtime=self.runtime.currentData(),
             aoi=self.aoi.aoi(), vectorize=self.vectorize.isChecked())

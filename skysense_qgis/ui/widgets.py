@@ -48,6 +48,18 @@ def device_combo() -> QComboBox:
     return combo
 
 
+def runtime_combo() -> QComboBox:
+    combo = QComboBox()
+    shrinkable(combo)
+    combo.addItem("Auto (fastest for this computer)", "auto")
+    combo.addItem("PyTorch", "torch")
+    combo.addItem("ONNX Runtime (CPU)", "onnx")
+    combo.addItem("PyTorch compiled", "compile")
+    combo.setToolTip("How the model runs. 'PyTorch compiled' spends minutes compiling the model the first "
+                     "time for a tile size (seconds later on), then runs each tile faster: for large rasters.")
+    return combo
+
+
 def form(parent: QWidget) -> QFormLayout:
     layout = QFormLayout(parent)
     layout.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)

@@ -64,6 +64,7 @@ def test_map_land_cover_click_runs_job_and_adds_styled_group(plugin, fake_backen
     page.tile_size.setValue(256)
     page.overlap.setValue(32)
     page.device.setCurrentIndex(page.device.findData("cpu"))
+    page.runtime.setCurrentIndex(page.runtime.findData("compile"))
     row = page.s2_table.add_row(s2)
     assert page.s2_table.table.cellWidget(row, 1).date() == QDate(2023, 5, 14)
     page.aoi.set_drawn(QgsGeometry.fromRect(QgsRectangle(500010, 3399940, 500060, 3399990)),
@@ -77,6 +78,7 @@ def test_map_land_cover_click_runs_job_and_adds_styled_group(plugin, fake_backen
     assert params["hr"] == [{"path": str(loveda_crop), "bands": [1, 2, 3]}]
     assert params["s2"][0]["date"] == "2023-05-14"
     assert params["tile_size"] == 256 and params["overlap"] == 32 and params["device"] == "cpu"
+    assert params["runtime"] == "compile"
     assert params["aoi"]["crs"] == "EPSG:32650" and params["aoi"]["geometry"]["type"] == "Polygon"
     group = QgsProject.instance().layerTreeRoot().findGroup(params["name"])
     assert group is not None and params["name"].startswith("landcover_")
@@ -362,3 +364,21 @@ def test_batch_size_defaults_to_auto_and_is_sent_as_zero(plugin, fake_backend, l
     page.batch_size.setValue(6)
     assert page.batch_size.text() == "6" and page.params(str(tmp_path), "lc")["batch_size"] == 6
     page.batch_size.setValue(0)
+
+
+def test_processing_landcover_runtime_is_an_advanced_choice_sent_to_the_backend(plugin, fake_backend, loveda_crop,
+                                                                              tmp_path, qgis_processing):
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingParameterDefinition
+    alg = QgsApplication.processingRegistry().algorithmById("skysense:landcover")
+    runtime = alg.parameterDefinition("RUNTIME")
+    assert runtime.options() == ["auto", "torch", "onnx", "compile"] and runtime.defaultValue() == 0
+    assert runtime.flags() & QgsProcessingParameterDefinition.FlagAdvanced
+    layer = _add_raster(loveda_crop, "hr")
+    args = {"INPUT": layer, "BANDS": [1, 2, 3], "TILE_SIZE": 256, "OVERLAP": 32, "DEVICE": 1, "VECTORIZE": False,
+            "OUTPUT_FOLDER": str(tmp_path / "proc")}
+    processing.run("skysense:landcover", {**args, "RUNTIME": 3})
+    processing.run("skysense:landcover", args)
+    sent = [body["params"]["runtime"] for path, body in fake_backend.requests
+            if path == "/jobs" and body["kind"] == "landcover"]
+    assert sent == ["compile", "auto"]

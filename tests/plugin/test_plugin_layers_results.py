@@ -87,6 +87,10 @@ def test_landcover_params_follow_the_api(loveda_crop, tmp_path):
     assert params["hr"] == [{"path": str(loveda_crop), "bands": [1, 2, 3]}]
     assert params["s2"] == [{"path": str(loveda_crop), "bands": None, "date": "2023-06-01"}]
     assert (tmp_path / "out").is_dir() and params["output_dir"] == str(tmp_path / "out")
+    assert params["runtime"] == "auto"
+    assert job_params.landcover_params(hr, str(tmp_path), "x", runtime="onnx")["runtime"] == "onnx"
+    with pytest.raises(LayerSourceError, match="Unknown runtime 'tensorrt'"):
+        job_params.landcover_params(hr, str(tmp_path), "x", runtime="tensorrt")
     with pytest.raises(LayerSourceError, match="Overlap 200 is too large"):
         job_params.landcover_params(hr, str(tmp_path), "x", tile_size=256, overlap=200)
     with pytest.raises(LayerSourceError, match="reads bands"):

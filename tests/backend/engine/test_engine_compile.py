@@ -89,3 +89,19 @@ def test_schema_and_cli_accept_the_compile_runtime():
     assert LandcoverParams(hr=[{"path": "x.tif"}], output_dir="out", runtime="compile").runtime == "compile"
     with pytest.raises(Exception, match="runtime"):
         LandcoverParams(hr=[{"path": "x.tif"}], output_dir="out", runtime="jit")
+
+
+def test_plugin_offers_exactly_the_backend_runtimes():
+    """The plugin (which cannot import the backend) lists the runtimes itself: keep both lists equal."""
+    import ast
+    import typing
+    from pathlib import Path
+
+    from backend.server.schemas import LandcoverParams
+
+    source = Path(__file__).resolve().parents[3] / "skysense_qgis" / "job_params.py"
+    tree = ast.parse(source.read_text())
+    (plugin_runtimes,) = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                          and any(getattr(t, "id", None) == "RUNTIMES" for t in node.targets)]
+    assert plugin_runtimes == runtime.RUNTIMES
+    assert typing.get_args(LandcoverParams.model_fields["runtime"].annotation) == runtime.RUNTIMES
