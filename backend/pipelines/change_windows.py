@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
 import rasterio.features
 import shapely
 import shapely.geometry
+from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -182,3 +183,91 @@ def table_counts(total: Optional[np.ndarray], values: np.ndarray) -> np.ndarray:
         return counts
     total[:len(counts)] += counts
     return total
+
+
+def pixel_to_grid(geom, transform: Affine):
+    """A geometry in pixel coordinates -> grid coordinates, computed as GDAL's polygonize does
+    (c + x * a + y * b): a polygon traced in pixel coordinates then equals, bit for bit, the one
+    rasterio.features.shapes traces with the grid transform."""
+    t = transform
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([t.c + x * t.a + y * t.b, t.f + x * t.d + y * t.e])
+
+    return shapely.transform(geom, apply)
+
+
+def _global_ids(edge: np.ndarray, base: int) -> np.ndarray:
+    """Window labels (1..n, 0 = none) along an edge -> global ids (base + label, 0 = none)."""
+    return np.where(edge > 0, edge.astype(np.int64) + base, 0)
+
+
+def _edge_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distinct (a, b) id pairs of the pixels facing each other across a window edge (both set)."""
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        return np.zeros((0, 2), np.int64)
+    return np.unique(np.column_stack([a[both], b[both]]), axis=0)
+
+
+def windowed_mask_polygons(read_mask: Callable[[Window], np.ndarray], grid: Grid, size: int, unit_area: float,
+                           min_area: float = 0.0, progress=None) -> List[Any]:
+    """Connected regions (4-connectivity) of a mask read one window at a time, as polygons in the
+    grid CRS: the geometries, order and min_area filter of change.mask_polygons on the whole mask.
+
+    Each window's components are traced in pixel coordinates (exact, integer); components facing
+    each other across a window edge are merged (union-find) and their pieces unioned. Memory: one
+    window, one grid row of ids, and the pieces (vectors).
+    """
+    from scipy import ndimage
+
+    windows = processing_windows(grid.width, grid.height, size)
+    pieces: List[Any] = []       # per window component (global id - 1): polygon in pixel coordinates
+    pixels: List[int] = []       # its pixel count
+    first: List[Tuple[int, int]] = []  # (row, col) of its first pixel in raster scan order
+    parent: List[int] = []       # union-find over the global ids - 1
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    above = np.zeros(grid.width, np.int64)  # global ids of the row just above the current window row
+    left = np.zeros(0, np.int64)            # global ids of the column just left of the current window
+    for k, win in enumerate(windows):
+        if progress is not None:
+            progress.update(k / len(windows), f"polygons (window {k + 1} of {len(windows)})")
+        row0, col0 = int(win.row_off), int(win.col_off)
+        labels = None  # the previous window's, freed before labelling this one
+        labels, n = ndimage.label(read_mask(win))
+        labels = labels.astype(np.int32, copy=False)
+        base = len(pieces)
+        if n:
+            geoms, _, area_px = component_polygons(labels, n, Affine.translation(col0, row0), 1.0)
+            pieces.extend(geoms)
+            pixels.extend(area_px[1:].tolist())
+            parent.extend(range(base, base + n))
+            for cid, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
+                first.append((row0 + rows.start, col0 + cols.start + int(np.argmax(labels[rows.start, cols] == cid))))
+        width = int(win.width)
+        # 4-connectivity: only the pixels directly across an edge touch (no diagonals)
+        pairs = [_edge_pairs(above[col0:col0 + width], _global_ids(labels[0], base))]
+        if col0 > 0:
+            pairs.append(_edge_pairs(left, _global_ids(labels[:, 0], base)))
+        for a, b in np.concatenate(pairs).tolist():
+            ra, rb = find(a - 1), find(b - 1)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        above[col0:col0 + width] = _global_ids(labels[-1], base)
+        left = _global_ids(labels[:, -1], base)
+
+    groups: Dict[int, List[int]] = {}
+    for i in range(len(pieces)):
+        groups.setdefault(find(i), []).append(i)
+    kept = [g for g in groups.values() if sum(pixels[i] for i in g) * unit_area >= float(min_area)]
+    # ndimage.label on the whole mask numbers the regions in raster scan order of their first pixel
+    kept.sort(key=lambda g: min(first[i] for i in g))
+    return [pixel_to_grid(pieces[g[0]] if len(g) == 1 else shapely.union_all([pieces[i] for i in g]),
+                          grid.transform) for g in kept]

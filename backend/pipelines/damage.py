@@ -34,7 +34,8 @@ from rasterio.windows import Window
 
 from backend.errors import InputError
 from backend.io.raster import Grid
-from backend.pipelines.change_windows import DEFAULT_WINDOW, WindowRasterWriter, processing_windows, window_size
+from backend.pipelines.change_windows import (DEFAULT_WINDOW, WindowRasterWriter, processing_windows, window_size,
+                                              windowed_mask_polygons)
 
 ROOT = Path(__file__).resolve().parents[2]
 DAMAGE_PALETTE = ROOT / "resources" / "palettes" / "damage.json"
@@ -321,21 +322,27 @@ def load_footprints(path: Any, grid: Grid) -> Tuple[List[Any], List[Any], int]:
 
 
 def localize_buildings(pre: Any, grid: Grid, outputs, path: Path, landcover_model: Any, *, aoi, tile_size,
-                       overlap: int, batch_size: int, device: str, min_area: float, progress) -> Tuple[list, Dict]:
+                       overlap: int, batch_size: int, device: str, min_area: float, progress,
+                       window: int = 0) -> Tuple[list, Dict]:
     """Building polygons from the land-cover model's 'building' class on the pre image.
 
-    Whole AOI: the land-cover class raster and the building mask are whole-grid arrays here (1 byte
-    + 1 bool a pixel) for mask_polygons; only the per-building statistics after it are windowed."""
-    from backend.pipelines.change import mask_polygons, predict_landcover
+    The class raster is read back one processing window at a time (window px, default
+    change_windows.DEFAULT_WINDOW); regions across window edges are merged, so the polygons and
+    their order are those of mask_polygons on the whole grid, whatever the window."""
+    from backend.pipelines.change import pixel_area, predict_landcover
 
-    classes, meta, _ = predict_landcover(pre, grid, outputs, path, landcover_model, aoi=aoi, tile_size=tile_size,
-                                         overlap=overlap, batch_size=batch_size, device=device,
-                                         progress=progress, what="pre")
+    _, meta, result = predict_landcover(pre, grid, outputs, path, landcover_model, aoi=aoi, tile_size=tile_size,
+                                        overlap=overlap, batch_size=batch_size, device=device,
+                                        progress=progress.sub(0.0, 0.9), what="pre", read_classes=False)
     building = [int(c["value"]) for c in meta["classes"] if str(c["name"]).lower() in ("building", "buildings")]
     if not building:
         raise InputError(f"the land-cover model {landcover_model} has no 'building' class to localise buildings; "
                          "give building footprints instead")
-    geoms, _, _ = mask_polygons(classes == building[0], grid, min_area=min_area)
+    unit_area, _ = pixel_area(grid)
+    with rasterio.open(result.written_path) as src:
+        geoms = windowed_mask_polygons(lambda win: src.read(1, window=win) == building[0], grid,
+                                       int(window or DEFAULT_WINDOW), unit_area, min_area=min_area,
+                                       progress=progress.sub(0.9, 1.0))
     return geoms, meta
 
 
@@ -407,12 +414,13 @@ def run_damage(params: Dict[str, Any], progress=None) -> Dict[str, Any]:
 
     window=4096: processing window (px, a multiple of 256) of the post-processing.
 
-    Memory: after the streaming engine, everything runs one processing window at a time: the
-    per-building statistics are sums over pixels (np.bincount) added window by window, from the
+    Memory: after the streaming engine, everything runs one processing window at a time: without
+    footprints, buildings are polygonised window by window (regions merged across window edges);
+    the per-building statistics are sums over pixels (np.bincount) added window by window, from the
     footprints and rings that meet the window, and the damage raster is written window by window;
     the results do not depend on the window (damage-model route: the confidence of a footprint
-    across window edges may differ in the last bit). Without footprints, building localisation
-    (localize_buildings) still works on the whole AOI.
+    across window edges may differ in the last bit; a localised building across window edges is the
+    same polygon with its vertices listed differently, so its area may differ in the last bit).
     """
     import tempfile
 
@@ -467,7 +475,8 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
                                           params.get("landcover_model") or DEFAULT_LANDCOVER_MODEL,
                                           aoi=params.get("aoi"), tile_size=params.get("landcover_tile_size"),
                                           overlap=overlap, batch_size=batch_size, device=device,
-                                          min_area=min_building_area, progress=progress.sub(0.6, 0.85))
+                                          min_area=min_building_area, progress=progress.sub(0.6, 0.85),
+                                          window=window)
             source_ids, total, source = [str(k + 1) for k in range(len(geoms))], len(geoms), "landcover model"
             outs.append({"path": str(paths["buildings"]), "kind": "raster", "role": "landcover_pre"})
         progress.update(0.88, f"assessing {len(geoms)} buildings")
