@@ -327,8 +327,9 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
         writer_thread.start()
         device = getattr(predictor, "device", "cpu")
         precision = getattr(predictor, "precision", None)
+        note = getattr(predictor, "startup_note", None)
         progress.update(0.0, f"predicting {n_tiles} tiles of {layout.tile} px on {device}"
-                             + (f" ({precision})" if precision else ""))
+                             + (f" ({precision})" if precision else "") + (f"; {note}" if note else ""))
 
         _stream(layout, n_tiles, predictor, lut, nodata, len(classes), read_q, reader, writer_thread, progress,
                 with_confidence=confidence_path is not None)

@@ -86,6 +86,13 @@ class TorchPredictor:
     def precision(self) -> str:
         return self._precision + (", compiled" if self.compiled else "")
 
+    @property
+    def startup_note(self):
+        """What the first batch will do besides predicting (shown in the job's progress), or None."""
+        if self.compiled and not self._batch_compiled:
+            return "compiling the model first: minutes the first time for a tile size, seconds after"
+        return None
+
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         if self.device.startswith("cuda"):

@@ -35,8 +35,10 @@ def test_compiled_predictor_matches_eager_with_one_graph_for_short_batches(priva
     net = _small_net()
     eager = TorchPredictor(net, device="cpu")
     compiled = TorchPredictor(net, device="cpu", compile=True)
+    assert "compiling the model first" in compiled.startup_note  # the job's progress says why batch 1 is slow
     x = np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)
     out = compiled([x])
+    assert compiled.startup_note is None and eager.startup_note is None
     assert compiled.compiled and compiled.precision == "fp32, compiled"
     np.testing.assert_allclose(out, eager([x]), atol=1e-5)
     last = compiled([x[:3]])  # the job's last, shorter batch: padded, not recompiled
@@ -105,3 +107,33 @@ def test_plugin_offers_exactly_the_backend_runtimes():
                           and any(getattr(t, "id", None) == "RUNTIMES" for t in node.targets)]
     assert plugin_runtimes == runtime.RUNTIMES
     assert typing.get_args(LandcoverParams.model_fields["runtime"].annotation) == runtime.RUNTIMES
+
+
+def test_engine_with_a_compiled_predictor_writes_the_eager_labels_and_says_it_compiles(private_cache, tmp_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from backend.inference.engine import EngineInput, run_inference
+    from backend.progress import Progress
+
+    image = tmp_path / "img.tif"
+    pixels = np.random.default_rng(2).integers(0, 255, (3, 200, 232), dtype=np.uint8)
+    with rasterio.open(image, "w", driver="GTiff", width=232, height=200, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4000000, 1, 1)) as dst:
+        dst.write(pixels)
+    classes = [1, 2, 3, 4, 5]
+    messages = []
+
+    def run(predictor, out):
+        return run_inference([EngineInput(image, mean=[128.0] * 3, std=[64.0] * 3)], predictor, tmp_path / out,
+                             classes, tile_size=96, overlap=16, batch_size=3,
+                             progress=Progress(lambda fraction, message: messages.append(message)))
+
+    compiled = TorchPredictor(_small_net(), device="cpu", compile=True)
+    result = run(compiled, "compiled.tif")
+    assert result.tiles % 3 != 0  # the last batch is short: padded, then cut back
+    assert compiled.compiled
+    assert "compiling the model first" in messages[0] and "fp32, compiled" in messages[0]
+    run(TorchPredictor(_small_net(), device="cpu"), "eager.tif")
+    with rasterio.open(tmp_path / "compiled.tif") as a, rasterio.open(tmp_path / "eager.tif") as b:
+        assert (a.read(1) == b.read(1)).mean() > 0.999
