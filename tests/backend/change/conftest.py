@@ -76,20 +76,28 @@ def s2_scene(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def building_model_file(tmp_path_factory):
-    """A segmentation model file whose classifier favours 'building' on bright pixels: exercises
-    building localisation without depending on another engineer's trained model."""
-    import torch
-    from models.checkpoint import save_model_file
-    from models.normalization import get_normalization
-    from models.registry import create_model
+def building_model_factory(tmp_path_factory):
+    """make(bias, name) -> a random tiny 7-class land-cover model file whose classifier leans towards
+    'building' by `bias` (logit): exercises building localisation without a trained model."""
+    def make(bias: float, name: str) -> Path:
+        import torch
+        from models.checkpoint import save_model_file
+        from models.normalization import get_normalization
+        from models.registry import create_model
 
-    torch.manual_seed(0)
-    model = create_model("skysense_seg_tiny", num_classes=7)
-    with torch.no_grad():
-        model.decode_head.conv_seg.bias.copy_(torch.tensor([0.0, 8.0, 0, 0, 0, 0, 0]))
-    classes = json.loads((ROOT / "resources" / "palettes" / "loveda.json").read_text())["classes"]
-    path = tmp_path_factory.mktemp("models") / "building_biased.pth"
-    save_model_file(path, model, {"task": "segmentation", "classes": classes, "bands": {"hr": [1, 2, 3]},
-                                  "normalization": {"hr": get_normalization("hr")}, "tile_size": 256})
-    return path
+        torch.manual_seed(0)
+        model = create_model("skysense_seg_tiny", num_classes=7)
+        with torch.no_grad():
+            model.decode_head.conv_seg.bias.copy_(torch.tensor([0.0, bias, 0, 0, 0, 0, 0]))
+        classes = json.loads((ROOT / "resources" / "palettes" / "loveda.json").read_text())["classes"]
+        path = tmp_path_factory.mktemp("models") / f"{name}.pth"
+        save_model_file(path, model, {"task": "segmentation", "classes": classes, "bands": {"hr": [1, 2, 3]},
+                                      "normalization": {"hr": get_normalization("hr")}, "tile_size": 256})
+        return path
+    return make
+
+
+@pytest.fixture(scope="session")
+def building_model_file(building_model_factory):
+    """Strongly biased: most pixels come out as building."""
+    return building_model_factory(8.0, "building_biased")

@@ -1,7 +1,6 @@
 """Building localisation window by window: the polygons (and their order) of mask_polygons on the
 whole grid, regions across window edges merged into one, memory set by the window, not the raster.
 """
-import json
 from pathlib import Path
 
 import fiona
@@ -27,7 +26,6 @@ from backend.pipelines.damage import run_damage
 from .test_change_pipeline import JOPLIN_AOI
 from .test_change_windows import fake_engine, make_pair, rect_change, traced_peak
 
-ROOT = Path(__file__).resolve().parents[3]
 # Joplin-like grid: 0.6 m pixels whose coordinates are not exact in binary
 JOPLIN_TRANSFORM = Affine(0.6000000000000227, 0.0, 366642.6000000001, 0.0, -0.5999999999999779, 4104511.2)
 
@@ -259,23 +257,10 @@ def test_localisation_memory_is_set_by_the_window_not_the_raster(tmp_path, monke
 
 
 @pytest.fixture(scope="module")
-def patchy_building_model(tmp_path_factory):
-    """A random 7-class land-cover model nudged towards 'building' just enough that on the Joplin
-    AOI it finds a few dozen building patches (about a quarter of the pixels), not one everywhere."""
-    import torch
-    from models.checkpoint import save_model_file
-    from models.normalization import get_normalization
-    from models.registry import create_model
-
-    torch.manual_seed(0)
-    model = create_model("skysense_seg_tiny", num_classes=7)
-    with torch.no_grad():
-        model.decode_head.conv_seg.bias.copy_(torch.tensor([0.0, 0.15, 0, 0, 0, 0, 0]))
-    classes = json.loads((ROOT / "resources" / "palettes" / "loveda.json").read_text())["classes"]
-    path = tmp_path_factory.mktemp("models") / "building_patches.pth"
-    save_model_file(path, model, {"task": "segmentation", "classes": classes, "bands": {"hr": [1, 2, 3]},
-                                  "normalization": {"hr": get_normalization("hr")}, "tile_size": 256})
-    return path
+def patchy_building_model(building_model_factory):
+    """Nudged towards 'building' just enough that on the Joplin AOI it finds a few dozen building
+    patches (about a quarter of the pixels), not one everywhere."""
+    return building_model_factory(0.15, "building_patches")
 
 
 def test_joplin_localised_buildings_do_not_depend_on_the_window(data_dir, tmp_path, patchy_building_model):
