@@ -39,25 +39,26 @@ def spin(value: int, low: int, high: int, step: int = 1, suffix: str = "") -> QS
     return box
 
 
-def device_combo() -> QComboBox:
+def choice_combo(choices, tooltip: str = "") -> QComboBox:
+    """A combo box of (label, value) pairs; currentData() is the chosen value."""
     combo = QComboBox()
     shrinkable(combo)
-    combo.addItem("Auto (GPU when available)", "auto")
-    combo.addItem("CPU", "cpu")
-    combo.addItem("CUDA GPU", "cuda")
+    for label, value in choices:
+        combo.addItem(label, value)
+    if tooltip:
+        combo.setToolTip(tooltip)
     return combo
+
+
+def device_combo() -> QComboBox:
+    return choice_combo([("Auto (GPU when available)", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")])
 
 
 def runtime_combo() -> QComboBox:
-    combo = QComboBox()
-    shrinkable(combo)
-    combo.addItem("Auto (fastest for this computer)", "auto")
-    combo.addItem("PyTorch", "torch")
-    combo.addItem("ONNX Runtime (CPU)", "onnx")
-    combo.addItem("PyTorch compiled", "compile")
-    combo.setToolTip("How the model runs. 'PyTorch compiled' spends minutes compiling the model the first "
-                     "time for a tile size (seconds later on), then runs each tile faster: for large rasters.")
-    return combo
+    return choice_combo([("Auto (fastest for this computer)", "auto"), ("PyTorch", "torch"),
+                         ("ONNX Runtime (CPU)", "onnx"), ("PyTorch compiled", "compile")],
+                        "How the model runs. 'PyTorch compiled' spends minutes compiling the model the first "
+                        "time for a tile size (seconds later on), then runs each tile faster: for large rasters.")
 
 
 def form(parent: QWidget) -> QFormLayout:
