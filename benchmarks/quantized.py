@@ -42,6 +42,7 @@ from benchmarks import run_all
 from benchmarks.models import DEFAULT_MODEL, build_model
 from benchmarks.run_all import CLASSES, NORM, ROOT, table
 from benchmarks.synthetic import make_test_raster
+from benchmarks.timing import best_of_each
 
 FP32 = "PyTorch fp32"
 BF16 = "PyTorch bf16 autocast"
@@ -238,38 +239,6 @@ def _real_accuracy(tmp: Path, loveda, notes: list) -> dict:
 
 # --- timing -----------------------------------------------------------------------------------------------
 
-def _cpu_counters():
-    with open("/proc/stat") as fh:
-        fields = [float(v) for v in fh.readline().split()[1:]]
-    return sum(fields), fields[3] + fields[4]
-
-
-def _others_busy(run) -> tuple:
-    """(wall seconds of run(), share of the CPUs that OTHER processes used meanwhile; 0 if unknown)."""
-    try:
-        total0, idle0 = _cpu_counters()
-    except (OSError, ValueError, IndexError):
-        total0 = None
-    cpu0, start = time.process_time(), time.perf_counter()
-    run()
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    if total0 is None:
-        return wall, 0.0
-    total1, idle1 = _cpu_counters()
-    busy = ((total1 - total0) - (idle1 - idle0)) / os.sysconf("SC_CLK_TCK")
-    return wall, max(0.0, busy - cpu) / (wall * (os.cpu_count() or 1))
-
-
-def _timed(run, retries: int = 2) -> float:
-    """Wall seconds of run(), taken again (after a pause) while other processes used > 5 % of the CPUs."""
-    for _ in range(retries):
-        wall, others = _others_busy(run)
-        if others < 0.05:
-            return wall
-        time.sleep(3)
-    return _others_busy(run)[0]
-
-
 def bench_int8(tmp: Path, size: int, results: dict) -> str:
     """Engine speed (size x size synthetic raster) and real-data accuracy of int8 runtimes vs fp32 / bf16."""
     raster = tmp / f"speed_{size}.tif"
@@ -289,10 +258,7 @@ def bench_int8(tmp: Path, size: int, results: dict) -> str:
 
     for name in runners:  # warm-up: first-call allocations, kernel selection, ORT arenas
         engine(name)()
-    secs = {name: float("inf") for name in runners}
-    for _ in range(run_all.REPEAT):  # interleaved rounds
-        for name in runners:
-            secs[name] = min(secs[name], _timed(engine(name)))
+    secs = best_of_each({name: engine(name) for name in runners}, run_all.REPEAT)
     ref = _labels(tmp / f"q_{_file(FP32)}.tif")
     real = _real_accuracy(tmp, loveda, notes)
     base = secs[FP32]

@@ -34,6 +34,7 @@ from backend.io.tiling import plan_tiles
 from benchmarks.baseline_loop import _starts, plain_tile_loop
 from benchmarks.models import DEFAULT_MODEL, build_model
 from benchmarks.synthetic import make_test_raster
+from benchmarks.timing import best_of_each
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = list(range(1, 8))
@@ -57,12 +58,11 @@ REPEAT = 3  # best of N wall-clock runs: robust against other processes on a sha
 
 
 def _best_of(run) -> float:
-    times = []
-    for _ in range(REPEAT):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return _best_of_each({"run": run})["run"]
+
+
+def _best_of_each(runs: dict) -> dict:
+    return best_of_each(runs, REPEAT)
 
 
 def _engine(raster, out, predictor, tile, overlap, batch):
@@ -97,23 +97,32 @@ def bench_speed(tmp: Path, size: int, results: dict) -> str:
     mp = size * size / 1e6
     with torch.no_grad():  # warm-up: first-call allocations and kernel selection are not measured
         model(torch.zeros(1, 3, 256, 256))
-    rows = []
-    runs = {}
-    for tile, overlap in ((256, 32), (512, 64)):
-        n = len(_starts(size, tile, tile - overlap)) ** 2
-        runs[f"loop{tile}"] = secs = _best_of(lambda: plain_tile_loop(raster, tmp / f"loop_{tile}.tif", model, CLASSES,
-                                                                      tile=tile, overlap=overlap, **NORM))
-        rows.append([f"plain loop, tile {tile}/{overlap}, batch 1", n, f"{secs:.1f}", f"{mp / secs:.3f}",
-                     f"{runs['loop256'] / secs:.2f}x"])
     predictor = TorchPredictor(model, device="cpu", as_tensor=True)
     engine_runs = [("engine512", "engine, PyTorch fp32", predictor, 512, 64, 4),
                    ("engine1024", "engine, PyTorch fp32", predictor, 1024, 64, 2)]
     if cpu_has_native_bf16():
         bf16 = TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=True)
         engine_runs.append(("engine512_bf16", "engine, PyTorch bf16 autocast", bf16, 512, 64, 4))
+
+    def loop_run(tile, overlap):
+        return lambda: plain_tile_loop(raster, tmp / f"loop_{tile}.tif", model, CLASSES, tile=tile, overlap=overlap,
+                                       **NORM)
+
+    def engine_run(key, runner, tile, overlap, batch):
+        return lambda: run_inference([EngineInput(raster, **NORM)], runner, tmp / f"{key}.tif", CLASSES,
+                                     tile_size=tile, overlap=overlap, batch_size=batch)
+
+    loops = ((256, 32), (512, 64))
+    runs = _best_of_each({**{f"loop{tile}": loop_run(tile, overlap) for tile, overlap in loops},
+                          **{key: engine_run(key, runner, tile, overlap, batch)
+                             for key, _, runner, tile, overlap, batch in engine_runs}})
+    rows = []
+    for tile, overlap in loops:
+        secs = runs[f"loop{tile}"]
+        rows.append([f"plain loop, tile {tile}/{overlap}, batch 1", len(_starts(size, tile, tile - overlap)) ** 2,
+                     f"{secs:.1f}", f"{mp / secs:.3f}", f"{runs['loop256'] / secs:.2f}x"])
     for key, label, runner, tile, overlap, batch in engine_runs:
-        secs = _engine(raster, tmp / f"{key}.tif", runner, tile, overlap, batch)
-        runs[key] = secs
+        secs = runs[key]
         fitted = plan_tiles(size, size, tile, overlap)
         rows.append([f"{label}, tile {tile}/{overlap} (fitted {fitted.tile}), batch {batch}", fitted.n_tiles,
                      f"{secs:.1f}", f"{mp / secs:.3f}", f"{runs['loop256'] / secs:.2f}x"])
@@ -133,7 +142,7 @@ def bench_speed(tmp: Path, size: int, results: dict) -> str:
     else:
         note += "\nbf16 autocast not measured: this CPU has no bf16 in hardware (the CPU default is ONNX Runtime)"
     return table(f"1. CPU segmentation speed, tiny SkySense model, {size}x{size} px "
-                 f"(torch threads {torch.get_num_threads()}, best of {REPEAT})",
+                 f"(torch threads {torch.get_num_threads()}, best of {REPEAT}, runs taken round-robin)",
                  ["run", "tiles", "seconds", "MP/s", "vs loop@256"], rows) + "\n" + note
 
 
@@ -163,16 +172,21 @@ def bench_compile(tmp: Path, size: int, results: dict) -> str:
                 firsts.append(time.perf_counter() - start)
             if not predictor.compiled:
                 return "\n1c. runtime 'compile': skipped (torch.compile does not work here; see the log warning)"
-            eager = _engine(raster, tmp / f"eager_{label}.tif",
-                            TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=bf16), 512, 64, 4)
-            secs = _engine(raster, tmp / f"compiled_{label}.tif", predictor, 512, 64, 4)
+            eager_predictor = TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=bf16)
+            best = _best_of_each({
+                "loop": lambda: plain_tile_loop(raster, tmp / "compile_loop.tif", model, CLASSES, tile=256, overlap=32,
+                                                **NORM),
+                **{name: (lambda runner=runner, name=name: run_inference(
+                    [EngineInput(raster, **NORM)], runner, tmp / f"{name}_{label}.tif", CLASSES, tile_size=512,
+                    overlap=64, batch_size=4))
+                   for name, runner in (("eager", eager_predictor), ("compiled", predictor))}})
+            loop, eager, secs = best["loop"], best["eager"], best["compiled"]
             agree = _agreement(tmp / f"eager_{label}.tif", tmp / f"compiled_{label}.tif")
-            figures[label] = {"eager_mps": mp / eager, "compiled_mps": mp / secs, "compile_cold_s": firsts[0] - secs,
-                              "compile_warm_s": firsts[1] - secs, "agreement": agree}
-            loop = results.get("speed", {}).get("loop256")
+            figures[label] = {"eager_mps": mp / eager, "compiled_mps": mp / secs, "loop256_mps": mp / loop,
+                              "compile_cold_s": firsts[0] - secs, "compile_warm_s": firsts[1] - secs, "agreement": agree}
             rows.append([f"engine, PyTorch {label}, compiled", f"{firsts[0] - secs:.0f}", f"{firsts[1] - secs:.0f}",
-                         f"{secs:.1f}", f"{mp / secs:.3f}", f"{eager / secs:.2f}x",
-                         f"{(mp / secs) / loop:.2f}x" if loop else "-", f"{agree:.4f}"])
+                         f"{secs:.1f}", f"{mp / secs:.3f}", f"{eager / secs:.2f}x", f"{loop / eager:.2f}x",
+                         f"{loop / secs:.2f}x", f"{agree:.4f}"])
     finally:
         for key, value in saved.items():
             if value is None:
@@ -180,9 +194,10 @@ def bench_compile(tmp: Path, size: int, results: dict) -> str:
             else:
                 os.environ[key] = value
     results["compile"] = figures
-    return (table(f"1c. runtime 'compile' (torch.compile, inductor), engine tile 512/64 batch 4, {size}x{size} px",
+    return (table(f"1c. runtime 'compile' (torch.compile, inductor), engine tile 512/64 batch 4, {size}x{size} px "
+                  f"(best of {REPEAT}, loop / eager / compiled round-robin)",
                   ["run", "compile s (empty cache)", "compile s (cache filled)", "seconds", "MP/s", "vs eager",
-                   "vs loop@256", "labels = eager"], rows)
+                   "eager vs loop@256", "compiled vs loop@256", "labels = eager"], rows)
             + "\ncompile s: extra time of a job's first batch (per model, tile size and batch size; the kernel cache "
               "in ~/.cache/skysense-qgis/inductor\nkeeps the filled-cache figure for later jobs). Worth it when a job's "
               "eager time saved exceeds that.")
@@ -255,14 +270,20 @@ def bench_onnx(tmp: Path, size: int, results: dict) -> str:
     except Exception as exc:  # report, do not abort the other benchmarks
         return f"\n2. ONNX Runtime: skipped (export failed: {type(exc).__name__}: {exc})"
     mp = size * size / 1e6
-    eager = _engine(raster, tmp / "eager.tif", TorchPredictor(model, device="cpu", as_tensor=True), 512, 64, 4)
-    ort = _engine(raster, tmp / "ort.tif", OnnxRuntimePredictor(onnx_path, device="cpu"), 512, 64, 4)
-    agree = _agreement(tmp / "eager.tif", tmp / "ort.tif")
     # The peer's way: one 256 tile at a time, but through ONNX Runtime (as the Deepness plugin runs models).
     loop_onnx_path = tmp / "tiny_256.onnx"
     export_onnx(model, loop_onnx_path, tile_size=256)
-    loop_ort = _best_of(lambda: plain_tile_loop(raster, tmp / "loop_ort.tif", OnnxRuntimePredictor(loop_onnx_path, device="cpu"),
-                                                CLASSES, tile=256, overlap=32, **NORM))
+    runners = {"eager": TorchPredictor(model, device="cpu", as_tensor=True),
+               "ort": OnnxRuntimePredictor(onnx_path, device="cpu")}
+    loop_runner = OnnxRuntimePredictor(loop_onnx_path, device="cpu")
+    best = _best_of_each({
+        **{name: (lambda name=name, runner=runner: run_inference(
+            [EngineInput(raster, **NORM)], runner, tmp / f"{name}.tif", CLASSES, tile_size=512, overlap=64,
+            batch_size=4)) for name, runner in runners.items()},
+        "loop_ort": lambda: plain_tile_loop(raster, tmp / "loop_ort.tif", loop_runner, CLASSES, tile=256, overlap=32,
+                                            **NORM)})
+    eager, ort, loop_ort = best["eager"], best["ort"], best["loop_ort"]
+    agree = _agreement(tmp / "eager.tif", tmp / "ort.tif")
     results["onnx"] = {"eager_mps": mp / eager, "onnxruntime_mps": mp / ort, "agreement": agree,
                        "loop_onnxruntime_mps": mp / loop_ort}
     rows = [["engine, PyTorch eager (inference_mode)", f"{eager:.1f}", f"{mp / eager:.3f}", "1.00x"],
