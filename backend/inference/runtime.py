@@ -2,8 +2,8 @@
 ONNX Runtime on CPU.
 
 On CPU, "auto" picks the fastest measured option (see `make bench`, sections 1-2): PyTorch with bfloat16
-autocast on CPUs that do bf16 in hardware (AVX512-BF16 / AMX; ~1.25x fp32 inside the engine, label
-agreement with fp32 ~99 %); elsewhere ONNX Runtime, ~10-15 % faster than PyTorch eager, for jobs
+autocast on CPUs that do bf16 in hardware (AVX512-BF16 / AMX; ~1.2x fp32 inside the engine, label
+agreement with fp32 ~99 %); elsewhere ONNX Runtime, ~5-15 % faster than PyTorch eager, for jobs
 computing at least `ONNX_MIN_MEGAPIXELS` (tiles x tile area: exporting costs several seconds; exports
 are cached by model-file hash and tile size); PyTorch fp32 for small jobs.
 """
