@@ -124,7 +124,10 @@ class TorchPredictor:
         self._batch = self._batch or n
         if n >= self._batch:
             return tensors, n
-        return [torch.cat([t, t.new_zeros((self._batch - n,) + tuple(t.shape[1:]))]) for t in tensors], n
+        padded = [torch.cat([t, t.new_zeros((self._batch - n,) + tuple(t.shape[1:]))]) for t in tensors]
+        # cat may change the memory layout, and a new layout (strides) would recompile as well
+        return [t.contiguous(memory_format=torch.channels_last) if self.channels_last and t.ndim == 4 else t
+                for t in padded], n
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         tensors = [self._tensor(a) for a in inputs]
