@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import urllib.parse
 import urllib.request
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from backend.errors import InputError, OutputError
+from backend.io.atomic import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS_DIR = REPO_ROOT / "resources" / "models"
@@ -160,9 +162,36 @@ def _copy_stream(src, out) -> None:
         shutil.copyfileobj(src, out, _CHUNK)
 
 
+def _part_prefix(dest: Path) -> str:
+    return f".{dest.name}."
+
+
+def remove_stale_parts(dest: Path) -> list:
+    """Remove the partial files of `dest` left by a copy or download whose process died (a checkpoint can be
+    gigabytes); returns their names. Each part file names its host and pid: .NAME.HOST~PID.RANDOM.part."""
+    host, removed = socket.gethostname(), []
+    prefix = _part_prefix(dest)
+    try:
+        parts = [p for p in dest.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".part")]
+    except OSError:
+        return removed
+    for part in parts:
+        owner_host, sep, rest = part.name[len(prefix):].rpartition("~")
+        pid = rest.split(".", 1)[0]
+        if sep and owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
+            try:
+                part.unlink()
+            except OSError:  # gone already, or not ours to remove: leave it
+                continue
+            removed.append(part.name)
+    return removed
+
+
 def _atomic_copy(write: Callable, dest: Path) -> None:
     """Write through `write(handle)` into a temp file beside dest, then rename over it."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    remove_stale_parts(dest)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_part_prefix(dest)}{socket.gethostname()}~{os.getpid()}.",
+                                    suffix=".part", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             write(out)

@@ -10,6 +10,8 @@ Sections (all on synthetic rasters generated into a temporary folder):
   4. On a CUDA GPU: fp32 vs mixed precision (autocast fp16).
   5. int8 on the CPU (benchmarks.quantized): PyTorch / ONNX Runtime dynamic and static quantization vs
      fp32 and bf16, speed and LoveDA held-out accuracy.
+  6. Reliability of the real backend process (benchmarks.reliability): start-up, cancel and crash-detection
+     latency, restart, and jobs submitted at once.
 Figures depend on the machine and on what else runs on it; nothing here is a pass/fail test.
 """
 from __future__ import annotations
@@ -391,6 +393,11 @@ def _bench_int8(tmp: Path, size: int, results: dict) -> str:
     return bench_int8(tmp, size, results)
 
 
+def _bench_reliability(tmp: Path, size: int, results: dict) -> str:
+    from benchmarks.reliability import bench_reliability
+    return bench_reliability(tmp, size, results, table)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--speed-size", type=int, default=2048,
@@ -402,8 +409,10 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-size", type=int, default=4096)
     ap.add_argument("--int8-size", type=int, default=1024,
                     help="raster side for the int8 section (six runtimes x best of --repeat: ~5 min at 1024)")
+    ap.add_argument("--reliability-size", type=int, default=2048,
+                    help="raster side for the reliability section (cancel, kill, restart, queue: ~1 min at 2048)")
     ap.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes)")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,compile,precision,onnx,memory,gpu,int8")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,compile,precision,onnx,memory,gpu,int8,reliability")
     ap.add_argument("--repeat", type=int, default=3, help="speed runs: best of this many (default 3)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
@@ -428,7 +437,8 @@ def main(argv=None) -> int:
                           ("onnx", lambda: bench_onnx(tmp, args.speed_size, results)),
                           ("memory", lambda: bench_memory(tmp, sizes, args.real_model_memory, results)),
                           ("gpu", lambda: bench_gpu(tmp, args.gpu_size, results)),
-                          ("int8", lambda: _bench_int8(tmp, args.int8_size, results))):
+                          ("int8", lambda: _bench_int8(tmp, args.int8_size, results)),
+                          ("reliability", lambda: _bench_reliability(tmp, args.reliability_size, results))):
             if name in skip:
                 continue
             print(run(), flush=True)

@@ -1,17 +1,30 @@
 """Atomic outputs: files are written into a hidden temporary folder next to their destination
 (same file system) and moved into place only when everything succeeded. A failed or cancelled
-job therefore never leaves a half-written file, and never replaces a previous good one."""
+job therefore never leaves a half-written file, and never replaces a previous good one.
+
+A process killed mid-job (crash, OOM killer, power loss) cannot clean up, so each temporary folder
+names its owner (host and pid) and the next job writing to the same folder removes those whose
+owner is gone."""
 from __future__ import annotations
 
 import errno
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 from backend.errors import OutputError
 
-__all__ = ["AtomicOutputs", "ensure_output_dir", "describe_os_error", "close_quietly"]
+__all__ = ["AtomicOutputs", "ensure_output_dir", "describe_os_error", "close_quietly", "remove_stale_temporaries",
+           "pid_alive"]
+
+TMP_PREFIX, TMP_SUFFIX = ".skysense-", ".tmp"
+OWNER_FILE = ".owner"
+# A temporary folder without an owner file (killed between creating it and writing the file, or left by
+# a version that wrote none) is only taken for abandoned once nothing could still be writing it.
+UNOWNED_GRACE_S = 6 * 3600
 
 
 def describe_os_error(exc: BaseException) -> str:
@@ -44,15 +57,72 @@ def ensure_output_dir(path) -> Path:
     return path
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine; True when that cannot be known."""
+    if pid <= 0:
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.windll.kernel32.GetLastError() != 87  # ERROR_INVALID_PARAMETER: no such process
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: exists, owned by another user
+        return True
+    return True
+
+
+def _abandoned(folder: Path, host: str, now: float) -> bool:
+    try:
+        owner_host, _, pid = (folder / OWNER_FILE).read_text().strip().rpartition(" ")
+        return owner_host == host and not pid_alive(int(pid))
+    except FileNotFoundError:
+        try:
+            return now - folder.stat().st_mtime > UNOWNED_GRACE_S
+        except OSError:
+            return False
+    except (OSError, ValueError):  # unreadable or garbled: leave it alone
+        return False
+
+
+def remove_stale_temporaries(directory) -> list:
+    """Remove the temporary output folders in `directory` left by jobs whose process died; returns their
+    names. Folders of running jobs (this process's included), of other machines sharing the folder, and
+    unowned ones younger than UNOWNED_GRACE_S are kept."""
+    host, now, removed = socket.gethostname(), time.time(), []
+    try:
+        candidates = [p for p in Path(directory).iterdir()
+                      if p.name.startswith(TMP_PREFIX) and p.name.endswith(TMP_SUFFIX) and p.is_dir()]
+    except OSError:
+        return removed
+    for folder in candidates:
+        if _abandoned(folder, host, now):
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                removed.append(folder.name)
+    return removed
+
+
 class AtomicOutputs:
     """Context manager: `tmp = outs.path_for(final)` gives where to write `final`; on a clean exit
     every file written is moved onto its final name (os.replace), on an exception all are deleted."""
 
     def __init__(self, directory):
         self.directory = ensure_output_dir(directory)
+        self.removed_stale = remove_stale_temporaries(self.directory)
+        self._tmp = None
         try:
-            self._tmp = Path(tempfile.mkdtemp(prefix=".skysense-", suffix=".tmp", dir=self.directory))
+            self._tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=self.directory))
+            (self._tmp / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}")
         except OSError as exc:
+            self.abort()
             raise OutputError(f"cannot write in {self.directory}: {describe_os_error(exc)}") from None
         self._finals: dict = {}  # final path -> temporary path
 
@@ -86,7 +156,8 @@ class AtomicOutputs:
         self.abort()
 
     def abort(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> "AtomicOutputs":
         return self

@@ -97,3 +97,31 @@ def test_bundled_models_are_listed_first():
     entries = model_manager.list_model_files()
     bundled = [e for e in entries if e.source == "bundled"]
     assert entries[: len(bundled)] == bundled
+
+
+def test_install_removes_parts_left_by_a_dead_download(tmp_path, weights, loopback_server):
+    """A download killed half-way leaves .NAME.HOST~PID.*.part (can be gigabytes); the next install of that name
+    removes it when its process is gone, and keeps parts of live processes and of other machines."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    path, digest = weights
+    dest_dir = tmp_path / "m"
+    dest_dir.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    host = socket.gethostname()
+    dead = dest_dir / f".weights.pth.{host}~{child.pid}.abc123.part"
+    live = dest_dir / f".weights.pth.{host}~{os.getpid()}.def456.part"
+    foreign = dest_dir / f".weights.pth.other-host~{child.pid}.ghi789.part"
+    other_name = dest_dir / f".other.pth.{host}~{child.pid}.jkl012.part"
+    for part in (dead, live, foreign, other_name):
+        part.write_bytes(b"half a checkpoint")
+    dest = model_manager.install_from_url(f"{loopback_server}/weights.pth", sha256=digest, dest_dir=dest_dir)
+    assert dest.read_bytes() == path.read_bytes()
+    assert not dead.exists()
+    assert live.exists() and foreign.exists() and other_name.exists()
+    assert sorted(p.name for p in dest_dir.iterdir() if p.name.startswith(".weights.pth.")) == sorted(
+        [live.name, foreign.name])  # the finished download left no part of its own
