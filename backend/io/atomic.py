@@ -14,11 +14,12 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from backend.errors import OutputError
 
 __all__ = ["AtomicOutputs", "ensure_output_dir", "describe_os_error", "close_quietly", "remove_stale_temporaries",
-           "pid_alive"]
+           "pid_alive", "free_bytes", "write_failure_reason"]
 
 TMP_PREFIX, TMP_SUFFIX = ".skysense-", ".tmp"
 OWNER_FILE = ".owner"
@@ -27,13 +28,64 @@ OWNER_FILE = ".owner"
 UNOWNED_GRACE_S = 6 * 3600
 
 
-def describe_os_error(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+_LOW_SPACE = 1 << 20  # below this many free bytes, a failed write is put down to a full disk
+
+
+def _exception_chain(exc: BaseException) -> list:
+    chain = []
+    while exc is not None and exc not in chain and len(chain) < 16:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def free_bytes(path) -> Optional[int]:
+    """Free bytes on the file system holding `path` (or its nearest existing parent); None if unknown."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def write_failure_reason(path) -> str:
+    """Why a write whose error GDAL did not name probably failed: a full disk when `path`'s has <1 MiB left."""
+    free = free_bytes(path)
+    return f"disk full ({free} bytes left)" if free is not None and free < _LOW_SPACE else WRITE_FAILED_HINT
+
+
+def describe_os_error(exc: BaseException, path=None) -> str:
+    """Plain words for a failed read or write. GDAL wraps the OS error in "Write failed. See previous
+    exception", so the whole cause chain is read; with `path`, a nearly full disk names itself."""
+    chain = _exception_chain(exc)
+    for link in chain:
+        if isinstance(link, OSError) and link.errno == errno.ENOSPC:
+            return "disk full"
+        if isinstance(link, OSError) and link.errno == errno.EFBIG:
+            return FILE_TOO_LARGE
+        if isinstance(link, OSError) and link.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "permission denied"
+    texts = [" ".join(str(link).split()) for link in chain]
+    joined = " ".join(texts).lower()
+    if "no space left" in joined or "disk full" in joined:
         return "disk full"
-    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "permission denied"
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if "file too large" in joined:
+        return FILE_TOO_LARGE
+    if path is not None:
+        free = free_bytes(path)
+        if free is not None and free < _LOW_SPACE:
+            return f"disk full ({free} bytes left)"
+    useful = [t for t in texts if t and "see previous exception" not in t.lower()]
+    text = useful[0] if useful else (texts[0] or type(exc).__name__)
+    if "write error" in joined or "does not read back" in joined or "tiffreadencoded" in joined:
+        text += f" ({WRITE_FAILED_HINT})"
+    return text
+
+
+WRITE_FAILED_HINT = "the disk may be full or failing, or a file size limit was reached"
+FILE_TOO_LARGE = "file too large (more than the file system or this process's file size limit allows)"
 
 
 def close_quietly(handle) -> None:
@@ -147,6 +199,7 @@ class AtomicOutputs:
         if missing:
             self.abort()
             raise OutputError(f"output was not produced: {', '.join(missing)}")
+        self._check_rasters()
         try:
             for final, tmp in self._finals.items():
                 os.replace(tmp, final)
@@ -154,6 +207,20 @@ class AtomicOutputs:
             self.abort()
             raise OutputError(f"cannot move outputs into {self.directory}: {describe_os_error(exc)}") from None
         self.abort()
+
+    def _check_rasters(self) -> None:
+        """Decode every GeoTIFF before publishing it: a write that failed when GDAL closed the file is silent."""
+        from backend.io.readback import GEOTIFF_SUFFIXES, raster_read_back_problem
+
+        for final, tmp in self._finals.items():
+            if final.suffix.lower() not in GEOTIFF_SUFFIXES:
+                continue
+            problem = raster_read_back_problem(tmp)
+            if problem is None:
+                continue
+            self.abort()
+            raise OutputError(f"could not write {final}: the finished file does not read back ({problem}); "
+                              f"{write_failure_reason(self.directory)}")
 
     def abort(self) -> None:
         if self._tmp is not None:

@@ -120,5 +120,5 @@ def polygonize(raster_path, out_path, classes: Sequence[dict], *, layer: str = "
         except CancelledError:
             raise
         except Exception as exc:
-            raise OutputError(f"could not write {final_name}: {describe_os_error(exc)}") from None
+            raise OutputError(f"could not write {final_name}: {describe_os_error(exc, final_name)}") from None
     return {"features": n_written, "dropped": n_dropped}

@@ -13,8 +13,9 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
 from backend.errors import OutputError
-from backend.io.atomic import close_quietly, describe_os_error
+from backend.io.atomic import close_quietly, describe_os_error, write_failure_reason
 from backend.io.raster import Grid
+from backend.io.readback import raster_read_back_problem
 
 __all__ = ["StripWriter", "hex_to_rgba", "class_colormap"]
 
@@ -81,7 +82,7 @@ class StripWriter:
             raise self._error(exc) from None
 
     def _error(self, exc: BaseException) -> OutputError:
-        return OutputError(f"could not write {self.final_name}: {describe_os_error(exc)}")
+        return OutputError(f"could not write {self.final_name}: {describe_os_error(exc, self.path)}")
 
     def _start_panel(self, col_off: int, width: int) -> None:
         if self._panel is not None:
@@ -149,6 +150,10 @@ class StripWriter:
                     levels.append(2 ** (len(levels) + 1))
                 with rasterio.open(self.path, "r+") as ds:
                     ds.build_overviews(levels, Resampling.nearest)
+            problem = raster_read_back_problem(self.path)
+            if problem is not None:
+                raise OutputError(f"could not write {self.final_name}: the finished file does not read back "
+                                  f"({problem}); {write_failure_reason(self.path)}")
         except OutputError:
             raise
         except Exception as exc:

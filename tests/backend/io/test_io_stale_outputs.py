@@ -92,5 +92,5 @@ def test_stale_outputs_killed_writer_is_cleaned_by_the_next_job(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == left  # the kill left it behind
     with AtomicOutputs(tmp_path) as outs:
         assert outs.removed_stale == left
-        outs.path_for(tmp_path / "classes.tif").write_bytes(b"new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif"]
+        outs.path_for(tmp_path / "classes.txt").write_bytes(b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.txt"]
