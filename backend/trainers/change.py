@@ -1,6 +1,8 @@
 """Train and evaluate the siamese SkySense change model on the real LEVIR-CD samples.
 
-    python -m backend.trainers.change --data ../shared/data --out resources/models/change_levir_tiny.pth --minutes 9
+    python -m backend.trainers.change --data ../shared/data --out resources/models/change_levir_tiny.pth --minutes 10
+
+--init-from MODEL.pth starts the encoder from a segmentation model's (see docs/api_change.md for what that did).
 
 Whole pairs are held out (backend.datasets.levir.HELD_OUT_PAIRS); their F1 / IoU / precision /
 recall of the change class are stored in the model file's metadata and recomputed by
@@ -23,6 +25,10 @@ from backend.datasets.levir import (HELD_OUT_PAIRS, LevirChangeDataset, list_lev
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHANGE_MODEL = ROOT / "resources" / "models" / "change_levir_tiny.pth"
+# --init-from candidate: the bundled land-cover model (same encoder). Not the default: it raised held-out LEVIR
+# F1 on one split and not on another, and it made the Joplin damage screening see far less change
+# (docs/api_change.md, "Starting from the land-cover encoder").
+DEFAULT_LANDCOVER_MODEL = ROOT / "resources" / "models" / "landcover_loveda_tiny.pth"
 CHANGE_ARCH = "skysense_change_tiny"
 CHANGE_CLASSES = [{"value": 0, "name": "no change", "color": "#00000000"},
                   {"value": 1, "name": "change", "color": "#ff00ff"}]
@@ -104,11 +110,31 @@ def evaluate_pairs(model, pairs: Sequence, normalization: Dict[str, list], thres
     return scores
 
 
+def copy_encoder(model: torch.nn.Module, model_file: str | Path) -> str:
+    """Load the encoder (backbone.*) of a model file into `model`; every encoder weight must match by name
+    and shape. Returns the source model's name."""
+    from backend.errors import InputError
+    from models.checkpoint import load_model_file
+
+    source, meta = load_model_file(model_file)
+    encoder = {k: v for k, v in source.state_dict().items() if k.startswith("backbone.")}
+    target = model.state_dict()
+    wanted = {k for k in target if k.startswith("backbone.")}
+    mismatched = sorted(k for k in wanted if k not in encoder or encoder[k].shape != target[k].shape)
+    if not encoder or mismatched:
+        raise InputError(f"{model_file}: its encoder does not fit this change model "
+                         f"({len(mismatched)} weights missing or of another shape, e.g. {mismatched[:3]})")
+    model.load_state_dict(encoder, strict=False)
+    return str(meta.get("name") or Path(model_file).name)
+
+
 def train_change(data_dir: str | Path, out_path: str | Path = DEFAULT_CHANGE_MODEL, minutes: float = 9.0,
                  batch_size: int = 4, crop: int = 128, lr: float = 6e-4, seed: int = 0,
                  held_out: Sequence[str] = HELD_OUT_PAIRS, arch: str = CHANGE_ARCH,
-                 identical_prob: float = 0.2, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Train on the non-held-out LEVIR-CD pairs within a wall-clock budget, evaluate, save the model file."""
+                 identical_prob: float = 0.2, init_from: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Train on the non-held-out LEVIR-CD pairs within a wall-clock budget, evaluate, save the model file.
+    init_from: a segmentation model file whose encoder (same architecture) starts the change model's."""
     from models.registry import create_model
 
     torch.manual_seed(seed)
@@ -119,6 +145,10 @@ def train_change(data_dir: str | Path, out_path: str | Path = DEFAULT_CHANGE_MOD
                                  repeats=8, seed=seed, identical_prob=identical_prob)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
     model = create_model(arch)
+    init_note = ""
+    if init_from:
+        init_note = ", encoder initialised from " + copy_encoder(model, init_from)
+        log(f"encoder initialised from {init_from}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     budget_s = minutes * 60.0
     start = time.monotonic()
@@ -158,7 +188,7 @@ def train_change(data_dir: str | Path, out_path: str | Path = DEFAULT_CHANGE_MOD
         "metrics": {"levir_heldout": metrics},
         "trained_on": (f"LEVIR-CD samples ({len(train_pairs)} pairs of 256x256 RGB, 0.5 m), "
                        f"{step} steps, {train_seconds / 60:.1f} min CPU, augmentation: crops, flips, rot90, "
-                       f"A/B swap, identical-date pairs ({identical_prob:.0%}), brightness"),
+                       f"A/B swap, identical-date pairs ({identical_prob:.0%}), brightness{init_note}"),
     }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,16 +216,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder holding levir_cd/ (or the levir_cd folder)")
     parser.add_argument("--out", default=str(DEFAULT_CHANGE_MODEL))
-    parser.add_argument("--minutes", type=float, default=9.0)
+    parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--init-from", default=None,
+                        help="segmentation model file whose encoder starts the change model's (same architecture), "
+                             f"e.g. {DEFAULT_LANDCOVER_MODEL.relative_to(ROOT)}; default: from scratch, as the "
+                             "bundled change model was trained")
     parser.add_argument("--evaluate", action="store_true", help="only evaluate --out on the held-out pairs")
     args = parser.parse_args(argv)
     if args.evaluate:
         print(json.dumps(evaluate_levir(args.data, args.out), indent=1))
     else:
-        train_change(args.data, args.out, args.minutes, args.batch_size, args.crop, args.lr)
+        train_change(args.data, args.out, args.minutes, args.batch_size, args.crop, args.lr, init_from=args.init_from)
 
 
 if __name__ == "__main__":

@@ -50,3 +50,33 @@ def test_dataset_items_are_normalised_tensors(data_dir):
     a, b, y = ds[0]
     assert a.shape == b.shape == (3, 128, 128) and y.shape == (128, 128)
     assert abs(float(a.mean())) < 3 and y.dtype.is_floating_point is False
+
+
+def test_change_encoder_starts_from_a_land_cover_model_file(tmp_path):
+    """--init-from: the change model's encoder takes the land-cover model's weights, head untouched;
+    a model whose encoder does not fit is refused naming the file."""
+    import torch
+
+    from backend.trainers.change import copy_encoder
+    from models.checkpoint import save_model_file
+    from models.registry import create_model
+
+    torch.manual_seed(1)
+    source = create_model("skysense_seg_tiny", num_classes=7)
+    path = tmp_path / "landcover.pth"
+    save_model_file(path, source, {"task": "segmentation", "name": "LC test", "classes": [
+        {"value": v, "name": f"c{v}"} for v in range(1, 8)]})
+    torch.manual_seed(2)
+    change = create_model("skysense_change_tiny")
+    head_before = {k: v.clone() for k, v in change.state_dict().items() if k.startswith("decode_head.")}
+    assert copy_encoder(change, path) == "LC test"
+    state, wanted = change.state_dict(), source.state_dict()
+    encoder_keys = [k for k in state if k.startswith("backbone.")]
+    assert encoder_keys and all(torch.equal(state[k], wanted[k]) for k in encoder_keys)
+    assert all(torch.equal(state[k], v) for k, v in head_before.items())
+
+    wide = create_model("skysense_seg_tiny", num_classes=7, encoder={"embed_dims": 48})
+    other = tmp_path / "wide.pth"
+    save_model_file(other, wide, {"task": "segmentation", "classes": [{"value": 1, "name": "a"}]})
+    with pytest.raises(InputError, match="wide.pth: its encoder does not fit"):
+        copy_encoder(create_model("skysense_change_tiny"), other)
