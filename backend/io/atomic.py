@@ -79,7 +79,8 @@ def describe_os_error(exc: BaseException, path=None) -> str:
             return f"disk full ({free} bytes left)"
     useful = [t for t in texts if t and "see previous exception" not in t.lower()]
     text = useful[0] if useful else (texts[0] or type(exc).__name__)
-    if "write error" in joined or "does not read back" in joined or "tiffreadencoded" in joined:
+    # libtiff's and GeoPackage's (sqlite's) own words when the OS refused a write
+    if any(sign in joined for sign in ("write error", "does not read back", "tiffreadencoded", "sqlite3_")):
         text += f" ({WRITE_FAILED_HINT})"
     return text
 

@@ -128,6 +128,8 @@ def test_write_failures_gdal_wrapped_errors_are_described_in_plain_words(tmp_pat
     assert describe_os_error(wrapped(RuntimeError("_tiffWriteProc: File too large."))).startswith("file too large")
     text = describe_os_error(wrapped(RuntimeError("TIFFAppendToStrip:Write error at scanline 512")))
     assert text.startswith("TIFFAppendToStrip:Write error") and "disk may be full" in text
+    gpkg = describe_os_error(RuntimeError("b'sqlite3_exec(CREATE TRIGGER ...) failed: no such table: main.lc'"))
+    assert gpkg.startswith("b'sqlite3_exec") and "disk may be full" in gpkg
     assert describe_os_error(RuntimeError("some other problem"), tmp_path) == "some other problem"
 
 
