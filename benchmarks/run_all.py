@@ -2,10 +2,10 @@
 
 Sections (all on synthetic rasters generated into a temporary folder):
   1. CPU speed of the tiny SkySense segmentation model: plain sequential tile loop vs the engine
-     (fp32; and bf16 autocast on CPUs that do bf16 in hardware).
-  1b. bf16 vs fp32 on the real LoveDA sample tiles: label agreement and held-out accuracy.
+     (PyTorch fp32; bf16 autocast on CPUs that do bf16 in hardware; OpenVINO where installed).
+  1b. bf16 and OpenVINO vs fp32 on the real LoveDA sample tiles: label agreement and held-out accuracy.
   1c. runtime "compile" (torch.compile): first-run compile cost (empty and filled kernel cache) and speed.
-  2. PyTorch eager vs ONNX Runtime inside the engine (when models.onnx_export can export).
+  2. PyTorch eager vs ONNX Runtime vs OpenVINO inside the engine (when models.onnx_export can export).
   3. Peak memory (VmHWM of a fresh process) from 2048² to 20k², tall and wide rasters.
   4. On a CUDA GPU: fp32 vs mixed precision (autocast fp16).
   5. int8 on the CPU (benchmarks.quantized): PyTorch / ONNX Runtime dynamic and static quantization vs
@@ -31,12 +31,14 @@ import rasterio
 import torch
 
 from backend.inference.engine import EngineInput, run_inference
+from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_available
 from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor, cpu_has_native_bf16
 from backend.io.tiling import plan_tiles
 from benchmarks.baseline_loop import _starts, plain_tile_loop
 from benchmarks.models import DEFAULT_MODEL, build_model
 from benchmarks.synthetic import make_test_raster
 from benchmarks.timing import best_of_each
+from backend.inference.runtime import ONNX_MIN_MEGAPIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = list(range(1, 8))
@@ -111,6 +113,8 @@ def bench_speed(tmp: Path, size: int, results: dict) -> str:
         bf16 = TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=True)
         engine_runs += [("engine512_bf16", "engine, PyTorch bf16 autocast", bf16, 512, 64, 4),
                         ("engine1024_bf16", "engine, PyTorch bf16 autocast", bf16, 1024, 64, 2)]
+    ov_setup: dict = {}
+    engine_runs += _openvino_runs(tmp, build_model("tiny"), size, ov_setup)
 
     def loop_run(tile, overlap):
         return lambda: plain_tile_loop(raster, tmp / f"loop_{tile}.tif", loop_model, CLASSES, tile=tile, overlap=overlap,
@@ -152,10 +156,49 @@ def bench_speed(tmp: Path, size: int, results: dict) -> str:
         note += (f"\nbest engine run here (bf16, tile 1024: less overlap recomputed, more memory): "
                  f"{runs['loop256'] / runs['engine1024_bf16']:.2f}x the plain loop at 256")
     else:
-        note += "\nbf16 autocast not measured: this CPU has no bf16 in hardware (the CPU default is ONNX Runtime)"
+        note += "\nbf16 autocast not measured: this CPU has no bf16 in hardware"
+    ov_keys = [key for key, *_ in engine_runs if key.startswith("ov")]
+    if ov_keys:
+        best_ov = min(ov_keys, key=runs.get)
+        note += (f"\nOpenVINO (auto's runtime for CPU jobs of {ONNX_MIN_MEGAPIXELS:.0f}+ MP where installed): best "
+                 f"{runs['loop256'] / runs[best_ov]:.2f}x the plain loop at 256 ({best_ov}); label agreement with the "
+                 "PyTorch fp32 engine at the same tile: "
+                 + ", ".join(f"{key} {_agreement(tmp / ('engine' + key[2:].split('_')[0] + '.tif'), tmp / f'{key}.tif'):.4f}"
+                             for key in ov_keys)
+                 + "\nOpenVINO first-run costs, not in the times above: " + ", ".join(
+                     f"{what} {secs:.1f}s" for what, secs in ov_setup.items()))
+    else:
+        note += "\nOpenVINO not measured: the openvino package is not installed"
     return table(f"1. CPU segmentation speed, tiny SkySense model, {size}x{size} px "
                  f"(torch threads {torch.get_num_threads()}, best of {REPEAT}, runs taken round-robin)",
                  ["run", "tiles", "seconds", "MP/s", "vs loop@256"], rows) + "\n" + note
+
+
+def _openvino_runs(tmp: Path, model, size: int, setup: dict) -> list:
+    """Engine runs with OpenVINO (as runtime "auto" picks it for big CPU jobs): fp32 at tile 512; where the
+    CPU does bf16 in hardware also bf16 at tiles 512 and 1024. Each tile size is exported to ONNX once;
+    `setup` gets the export and compile seconds (a job pays them once; the timed rounds do not)."""
+    if not openvino_available():
+        return []
+    from models.onnx_export import export_onnx
+
+    precisions = ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
+    runs = []
+    for tile in (512, 1024):
+        fitted = plan_tiles(size, size, tile, 64).tile
+        start = time.perf_counter()
+        path = export_onnx(model, tmp / f"ov_{fitted}.onnx", tile_size=fitted)
+        setup[f"ONNX export (tile {fitted})"] = time.perf_counter() - start
+        batch = 4 if tile == 512 else 2
+        for precision in precisions:
+            if tile == 1024 and precision != precisions[-1]:
+                continue
+            predictor = OpenVinoPredictor(path, precision=precision)
+            start = time.perf_counter()
+            predictor([np.zeros((batch, 3, fitted, fitted), np.float32)])
+            setup[f"compile + first batch ({precision}, tile {fitted}, batch {batch})"] = time.perf_counter() - start
+            runs.append((f"ov{tile}_{precision}", f"engine, OpenVINO {precision}", predictor, tile, 64, batch))
+    return runs
 
 
 def bench_compile(tmp: Path, size: int, results: dict) -> str:
@@ -230,10 +273,15 @@ def bench_precision_real(tmp: Path, results: dict) -> str:
     values = [c["value"] for c in meta["classes"]]
     lookup = np.full(256, -1, np.int64)
     lookup[values] = np.arange(len(values))
-    scores, same, total = {}, 0, 0
-    for precision, cpu_bf16 in (("fp32", False), ("bf16", True)):
+    runners = [("fp32", TorchPredictor(model, device="cpu", as_tensor=True)),
+               ("bf16", TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=True))]
+    if openvino_available():
+        from models.onnx_export import export_onnx
+        onnx_path = export_onnx(model, tmp / "loveda_default.onnx", tile_size=plan_tiles(1024, 1024, 512, 64).tile)
+        runners += [(f"OpenVINO {p}", OpenVinoPredictor(onnx_path, precision=p)) for p in ("fp32", "bf16")]
+    scores, same, total = {}, {}, 0
+    for precision, predictor in runners:
         acc = ConfusionAccumulator(len(values))
-        predictor = TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=cpu_bf16)
         for tile in TILES:
             png, _ = loveda_paths(data, tile)
             tif = tmp / f"loveda_{tile}.tif"
@@ -249,19 +297,19 @@ def bench_precision_real(tmp: Path, results: dict) -> str:
             truth, guess = lookup[mask[window]], lookup[pred[window]]
             ok = (truth >= 0) & (guess >= 0)
             acc.update(truth[ok], guess[ok])
-            if precision == "bf16":
-                with rasterio.open(tmp / f"loveda_{tile}_fp32.tif") as src:
-                    ref = src.read(1)
-                same += int((ref == pred).sum())
-                total += ref.size
+            with rasterio.open(tmp / f"loveda_{tile}_fp32.tif") as src:
+                ref = src.read(1)
+            same[precision] = same.get(precision, 0) + int((ref == pred).sum())
+            total += ref.size if precision == "fp32" else 0
         scores[precision] = acc.scores([c["name"] for c in meta["classes"]])
-    agreement = same / total
-    results["precision_real"] = {"agreement": agreement, **{f"{k}_miou": v["miou"] for k, v in scores.items()},
+    agreement = {k: v / total for k, v in same.items()}
+    results["precision_real"] = {"agreement": agreement["bf16"], "agreement_with_fp32": agreement,
+                                 **{f"{k}_miou": v["miou"] for k, v in scores.items()},
                                  **{f"{k}_oa": v["overall_accuracy"] for k, v in scores.items()}}
-    rows = [[k, f"{v['overall_accuracy']:.3f}", f"{v['miou']:.3f}"] for k, v in scores.items()]
-    return (table("1b. bf16 autocast vs fp32 on the real LoveDA tiles (default model; scored on the held-out strips)",
-                  ["precision", "held-out OA", "held-out mIoU"], rows)
-            + f"\nlabel agreement bf16 vs fp32 over the three whole tiles: {agreement:.4f}")
+    rows = [[k, f"{v['overall_accuracy']:.3f}", f"{v['miou']:.3f}", f"{agreement[k]:.4f}"] for k, v in scores.items()]
+    return table("1b. PyTorch bf16 autocast and OpenVINO vs PyTorch fp32 on the real LoveDA tiles (default model; "
+                 "scored on the held-out strips; agreement over the three whole tiles)",
+                 ["precision", "held-out OA", "held-out mIoU", "labels = PyTorch fp32"], rows)
 
 
 def bench_onnx(tmp: Path, size: int, results: dict) -> str:
@@ -287,6 +335,9 @@ def bench_onnx(tmp: Path, size: int, results: dict) -> str:
     export_onnx(model, loop_onnx_path, tile_size=256)
     runners = {"eager": TorchPredictor(model, device="cpu", as_tensor=True),
                "ort": OnnxRuntimePredictor(onnx_path, device="cpu")}
+    ov_precisions = (["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])) if openvino_available() else []
+    for precision in ov_precisions:
+        runners[f"openvino_{precision}"] = OpenVinoPredictor(onnx_path, precision=precision)
     loop_runner = OnnxRuntimePredictor(loop_onnx_path, device="cpu")
     best = _best_of_each({
         **{name: (lambda name=name, runner=runner: run_inference(
@@ -302,12 +353,17 @@ def bench_onnx(tmp: Path, size: int, results: dict) -> str:
             ["engine, ONNX Runtime (CPU provider)", f"{ort:.1f}", f"{mp / ort:.3f}", f"{eager / ort:.2f}x"],
             ["plain loop, ONNX Runtime, tile 256/32, batch 1", f"{loop_ort:.1f}", f"{mp / loop_ort:.3f}",
              f"{eager / loop_ort:.2f}x"]]
+    for precision in ov_precisions:
+        secs = best[f"openvino_{precision}"]
+        results["onnx"][f"openvino_{precision}_mps"] = mp / secs
+        rows.append([f"engine, OpenVINO {precision} (same ONNX file)", f"{secs:.1f}", f"{mp / secs:.3f}",
+                     f"{eager / secs:.2f}x"])
     summary = f"\nengine with ONNX Runtime vs the plain loop with ONNX Runtime: {loop_ort / ort:.2f}x"
     if "speed" in results:
         loop = results["speed"]
         summary += (f"\nengine with ONNX Runtime (the CPU default for jobs of 40+ MP on CPUs without hardware bf16) vs the plain PyTorch "
                     f"loop: {(mp / ort) / loop['loop256']:.2f}x at tile 256, {(mp / ort) / loop['loop512']:.2f}x at tile 512")
-    return (table(f"2. PyTorch vs ONNX Runtime, engine tile {tile}/64 batch 4, {size}x{size} px",
+    return (table(f"2. PyTorch vs ONNX Runtime vs OpenVINO, engine tile {tile}/64 batch 4, {size}x{size} px",
                   ["run", "seconds", "MP/s", "vs engine eager"], rows)
             + f"\nexport took {export_secs:.1f}s (cached per model file); label agreement eager vs ONNX: {agree:.4f}"
             + summary)
@@ -324,6 +380,8 @@ def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cases = [(w, h, "dummy") for w, h in shapes] + ([(real_model_size, real_model_size, "tiny")]
                                                   if real_model_size else [])
+    runners = {"dummy": ("engine", "loop"),
+               "tiny": ("engine", "loop") + (("engine_openvino",) if openvino_available() else ())}
     results["memory"] = []
     for width, height, kind in cases:
         raster = tmp / f"mem_{width}x{height}.tif"
@@ -332,9 +390,11 @@ def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -
             start = time.perf_counter()
             make_test_raster(raster, width, height=height)
             print(f"   (generated {width}x{height} test raster in {time.perf_counter() - start:.0f}s)", flush=True)
-        for runner in ("engine", "loop"):
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.memory_probe", str(raster), str(out),
-                                   "--model", kind, "--runner", runner], capture_output=True, text=True, env=env, cwd=ROOT)
+        for runner in runners[kind]:
+            extra = ["--runtime", "openvino"] if runner == "engine_openvino" else []
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.memory_probe", str(raster), str(out), "--model",
+                                   kind, "--runner", runner.split("_")[0]] + extra, capture_output=True, text=True,
+                                  env=env, cwd=ROOT)
             out.unlink(missing_ok=True)
             if proc.returncode != 0:
                 rows.append([f"{width}x{height}", "", kind, runner, "failed",
@@ -344,7 +404,8 @@ def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -
             results["memory"].append({"width": width, "height": height, "model": kind, "runner": runner, **info})
             mp = info["megapixels"]
             rows.append([f"{width}x{height}", f"{mp:.0f}" if mp >= 10 else f"{mp:.1f}", kind,
-                         "engine" if runner == "engine" else "plain loop", info["baseline_rss_mb"], info["peak_rss_mb"],
+                         {"engine": "engine", "loop": "plain loop", "engine_openvino": "engine, OpenVINO"}[runner],
+                         info["baseline_rss_mb"], info["peak_rss_mb"],
                          f"{info['peak_rss_mb'] - info['baseline_rss_mb']:.0f}", f"{info['seconds']:.0f}"])
         raster.unlink(missing_ok=True)
         print(f"   (memory runs {width}x{height} {kind} done)", flush=True)

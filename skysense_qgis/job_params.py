@@ -11,7 +11,7 @@ from qgis.core import QgsMapLayer, QgsRasterLayer, QgsVectorLayer
 from .layer_sources import LayerSourceError, guess_date, raster_path, vector_source
 
 DEVICES = ("auto", "cpu", "cuda")
-RUNTIMES = ("auto", "torch", "onnx", "compile")  # the backend's land-cover runtimes (backend.inference.runtime)
+RUNTIMES = ("auto", "torch", "onnx", "compile", "openvino")  # new ones last: Processing stores the index. The backend's land-cover runtimes (backend.inference.runtime)
 
 
 def job_name(kind: str, when: Optional[dt.datetime] = None) -> str:

@@ -1,11 +1,12 @@
-"""Choosing how a model runs: PyTorch (CUDA with fp16 autocast; CPU in fp32 or bf16 autocast) or
-ONNX Runtime on CPU.
+"""Choosing how a model runs: PyTorch (CUDA with fp16 autocast; CPU in fp32 or bf16 autocast), OpenVINO
+or ONNX Runtime on CPU.
 
-On CPU, "auto" picks the fastest measured option (see `make bench`, sections 1-2): PyTorch with bfloat16
-autocast on CPUs that do bf16 in hardware (AVX512-BF16 / AMX; ~1.2x fp32 inside the engine, label
-agreement with fp32 ~99 %); elsewhere ONNX Runtime, ~5-15 % faster than PyTorch eager, for jobs
-computing at least `ONNX_MIN_MEGAPIXELS` (tiles x tile area: exporting costs several seconds; exports
-are cached by model-file hash and tile size); PyTorch fp32 for small jobs.
+On CPU, "auto" picks the fastest measured option (see `make bench`, sections 1-2). Jobs computing at least
+`ONNX_MIN_MEGAPIXELS` (tiles x tile area) pay for an ONNX export (several seconds, cached by model-file
+hash and tile size): they run with OpenVINO where it is installed (bf16 on CPUs that do bf16 in hardware,
+else fp32; the fastest runtime measured), else ONNX Runtime on CPUs without hardware bf16. Smaller jobs,
+and the fallbacks, run PyTorch: bf16 autocast on CPUs with AVX512-BF16 / AMX (~1.2x fp32 inside the
+engine, label agreement with fp32 ~99 %), fp32 elsewhere.
 """
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from backend.errors import InputError
+from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_available
 from backend.inference.predictors import (OnnxRuntimePredictor, TorchPredictor, cache_root, cpu_has_native_bf16,
                                          resolve_device)
 
 __all__ = ["RUNTIMES", "make_predictor", "load_task_predictor", "onnx_cache_dir", "ONNX_MIN_MEGAPIXELS"]
 
 log = logging.getLogger(__name__)
-RUNTIMES = ("auto", "torch", "onnx", "compile")
+# new runtimes go last: the Processing RUNTIME parameter stores the index
+RUNTIMES = ("auto", "torch", "onnx", "compile", "openvino")
 ONNX_MIN_MEGAPIXELS = 40.0  # ~40 s of eager CPU time for the tiny model: a ~10 % gain then repays the ~5 s export
 
 
@@ -37,7 +40,8 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def _onnx_predictor(model, model_path: Optional[Path], tile_size: int) -> OnnxRuntimePredictor:
+def _exported_onnx(model, model_path: Optional[Path], tile_size: int) -> Path:
+    """The model as an ONNX file: cached by model-file hash and tile size, else a private temporary file."""
     from models.onnx_export import export_onnx
     import onnxruntime
 
@@ -46,11 +50,20 @@ def _onnx_predictor(model, model_path: Optional[Path], tile_size: int) -> OnnxRu
         onnx_path = onnx_cache_dir() / f"{key}.onnx"
         if not onnx_path.exists():
             export_onnx(model, onnx_path, tile_size=tile_size)
-    else:  # an in-memory model: export into a private temporary file
+    else:  # an in-memory model
         import tempfile
         onnx_path = Path(tempfile.mkdtemp(prefix="skysense-onnx-")) / "model.onnx"
         export_onnx(model, onnx_path, tile_size=tile_size)
-    return OnnxRuntimePredictor(onnx_path, device="cpu")
+    return onnx_path
+
+
+def _onnx_predictor(model, model_path: Optional[Path], tile_size: int) -> OnnxRuntimePredictor:
+    return OnnxRuntimePredictor(_exported_onnx(model, model_path, tile_size), device="cpu")
+
+
+def _openvino_predictor(model, model_path: Optional[Path], tile_size: int, amp: bool) -> OpenVinoPredictor:
+    precision = "bf16" if amp and cpu_has_native_bf16() else "fp32"  # emulated bf16 would be slower
+    return OpenVinoPredictor(_exported_onnx(model, model_path, tile_size), precision=precision)
 
 
 def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_path=None,
@@ -58,11 +71,13 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     """A predictor for the engine.
 
     runtime: "torch" (PyTorch on `device`: fp16 autocast on CUDA when `amp`, fp32 on CPU), "onnx" (ONNX
-    Runtime on CPU; error if it cannot be exported), "compile" (PyTorch through torch.compile, with
-    auto's precision: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; uncompiled where compiling
-    fails), or "auto": PyTorch on CUDA; on CPU, PyTorch with bf16 autocast where the CPU has native bf16
-    (and `amp`), else ONNX Runtime when the job computes at least ONNX_MIN_MEGAPIXELS
-    (expected_tiles x tile_size²) and the export works, else PyTorch fp32.
+    Runtime on CPU; error if it cannot be exported), "openvino" (OpenVINO on CPU, bf16 where the CPU has
+    native bf16 and `amp`, else fp32; error if openvino is missing or the export fails), "compile"
+    (PyTorch through torch.compile, with auto's precision: fp16 on CUDA, bf16 on CPUs with native bf16,
+    else fp32; uncompiled where compiling fails), or "auto": PyTorch on CUDA; on CPU, for jobs computing
+    at least ONNX_MIN_MEGAPIXELS (expected_tiles x tile_size²), OpenVINO where installed, else ONNX
+    Runtime on CPUs without native bf16; otherwise (or where those fail) PyTorch, with bf16 autocast where
+    the CPU has native bf16 (and `amp`), else fp32.
     """
     runtime = (runtime or "auto").lower()
     if runtime not in RUNTIMES:
@@ -72,6 +87,17 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     if runtime == "compile":
         return TorchPredictor(model, device=resolved, amp=amp, as_tensor=True, compile=True,
                               cpu_bf16=resolved == "cpu" and amp and cpu_has_native_bf16())
+    big_cpu_job = runtime == "auto" and resolved == "cpu" and work_mp >= ONNX_MIN_MEGAPIXELS
+    if runtime == "openvino" or (big_cpu_job and openvino_available()):
+        if resolved != "cpu":
+            raise InputError("runtime 'openvino' runs on the CPU; use runtime 'torch' for CUDA")
+        try:
+            return _openvino_predictor(model, model_path, tile_size, amp)
+        except Exception as exc:
+            if runtime == "openvino":
+                detail = exc if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+                raise InputError(f"the model could not be run with OpenVINO: {detail}") from None
+            log.warning("OpenVINO unavailable for this model (%s); using another runtime", exc)
     if runtime == "auto" and resolved == "cpu" and amp and cpu_has_native_bf16():
         return TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=True)
     if runtime == "torch" or (runtime == "auto" and (resolved != "cpu" or work_mp < ONNX_MIN_MEGAPIXELS)):

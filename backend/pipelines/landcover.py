@@ -17,6 +17,7 @@ from torch import nn
 from backend.errors import InputError
 from backend.inference.engine import EngineInput, normalise_classes, run_inference
 from backend.inference.predictors import FlipTTA
+from backend.inference.openvino_predictor import OpenVinoPredictor
 from backend.inference.runtime import load_task_predictor, make_predictor
 from backend.io.atomic import AtomicOutputs
 from backend.io.mosaic import build_mosaic_vrt
@@ -86,7 +87,7 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
     Extra params beyond ARCHITECTURE.md: "shapefile": true (also write <name>.shp),
     "confidence": true (also write <name>_confidence.tif, max probability in percent),
     "allow_pixel_grid": true (accept ungeoreferenced images, processed on their pixel grid),
-    "runtime": "auto" | "torch" | "onnx" | "compile" (see backend.inference.runtime.make_predictor),
+    "runtime": "auto" | "torch" | "onnx" | "openvino" | "compile" (see backend.inference.runtime.make_predictor),
     "tta": true (average with horizontally and vertically flipped predictions; 3x the compute).
     """
     progress = progress or Progress()
@@ -119,8 +120,8 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
     runtime = params.get("runtime") or "auto"
     model, meta = load_segmentation_model(params.get("model"), device=device)
     if not isinstance(model, nn.Module) and runtime in ("torch", "compile"):
-        raise InputError(f"{params.get('model')} is an ONNX model, which runs with ONNX Runtime only; "
-                         f"use runtime 'auto' or 'onnx', or a .pth model file for {runtime!r}")
+        raise InputError(f"{params.get('model')} is an exported ONNX model, which PyTorch cannot run; "
+                         f"use runtime 'auto', 'onnx' or 'openvino', or a .pth model file for {runtime!r}")
     tile_size = _int_param(params, "tile_size", int(meta.get("tile_size") or 512), 32)
     overlap = _int_param(params, "overlap", 64, 0)
     batch_size = _int_param(params, "batch_size", 0, 0)  # 0: the engine picks for the device
@@ -140,6 +141,8 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
                                        model_path=params.get("model") or DEFAULT_MODEL,
                                        tile_size=layout.tile if layout else tile_size,
                                        expected_tiles=layout.n_tiles if layout else 0)
+        elif runtime == "openvino":  # an exported .onnx model, run by OpenVINO instead of ONNX Runtime
+            predictor = OpenVinoPredictor(params["model"])
         else:  # an exported .onnx model: already an ONNX Runtime predictor (fixed tile size)
             predictor = model
         if params.get("tta"):

@@ -121,10 +121,12 @@ class LandcoverParams(OutputParams, InferenceOptions, VectorOptions):
     confidence: bool = Field(False, description="also write <name>_confidence.tif (max probability, %)")
     allow_pixel_grid: bool = Field(False, description="accept images without CRS (pixel grid)")
     max_invalid_fraction: float = Field(0.5, ge=0, le=1, description="skip S2/S1 frames with more invalid pixels")
-    runtime: Literal["auto", "torch", "onnx", "compile"] = Field(
-        "auto", description="auto = bf16 PyTorch on CPUs with native bf16, else ONNX Runtime on CPU for large "
-                            "jobs, PyTorch otherwise; compile = PyTorch through torch.compile (minutes to compile "
-                            "the first time for a model and tile size, then faster per tile)")
+    runtime: Literal["auto", "torch", "onnx", "compile", "openvino"] = Field(
+        "auto", description="auto = on CPU, OpenVINO for large jobs where installed (else ONNX Runtime on CPUs "
+                            "without native bf16), bf16 PyTorch on CPUs with native bf16, PyTorch otherwise; "
+                            "openvino = OpenVINO on CPU (bf16 where the CPU does bf16 natively); "
+                            "compile = PyTorch through torch.compile (minutes to compile the first time for a "
+                            "model and tile size, then faster per tile)")
     tta: bool = Field(False, description="average predictions over flips (slower, smoother)")
 
     @model_validator(mode="after")

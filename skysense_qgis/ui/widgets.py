@@ -56,8 +56,10 @@ def device_combo() -> QComboBox:
 
 def runtime_combo() -> QComboBox:
     return choice_combo([("Auto (fastest for this computer)", "auto"), ("PyTorch", "torch"),
-                         ("ONNX Runtime (CPU)", "onnx"), ("PyTorch compiled", "compile")],
-                        "How the model runs. 'PyTorch compiled' spends minutes compiling the model the first "
+                         ("ONNX Runtime (CPU)", "onnx"), ("PyTorch compiled", "compile"),
+                         ("OpenVINO (CPU)", "openvino")],
+                        "How the model runs. Auto picks OpenVINO on the CPU for large rasters when the backend "
+                        "has it (the fastest CPU runtime measured). 'PyTorch compiled' spends minutes compiling the model the first "
                         "time for a tile size (seconds later on), then runs each tile faster: for large rasters.")
 
 

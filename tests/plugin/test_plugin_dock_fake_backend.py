@@ -372,13 +372,15 @@ def test_processing_landcover_runtime_is_an_advanced_choice_sent_to_the_backend(
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition
     alg = QgsApplication.processingRegistry().algorithmById("skysense:landcover")
     runtime = alg.parameterDefinition("RUNTIME")
-    assert runtime.options() == ["auto", "torch", "onnx", "compile"] and runtime.defaultValue() == 0
+    # indexes saved in models and batch files keep their meaning: new runtimes were appended
+    assert runtime.options() == ["auto", "torch", "onnx", "compile", "openvino"] and runtime.defaultValue() == 0
     assert runtime.flags() & QgsProcessingParameterDefinition.FlagAdvanced
     layer = _add_raster(loveda_crop, "hr")
     args = {"INPUT": layer, "BANDS": [1, 2, 3], "TILE_SIZE": 256, "OVERLAP": 32, "DEVICE": 1, "VECTORIZE": False,
             "OUTPUT_FOLDER": str(tmp_path / "proc")}
     processing.run("skysense:landcover", {**args, "RUNTIME": 3})
+    processing.run("skysense:landcover", {**args, "RUNTIME": 4})
     processing.run("skysense:landcover", args)
     sent = [body["params"]["runtime"] for path, body in fake_backend.requests
             if path == "/jobs" and body["kind"] == "landcover"]
-    assert sent == ["compile", "auto"]
+    assert sent == ["compile", "openvino", "auto"]

@@ -137,7 +137,8 @@ def test_sentinel_series_are_handed_to_the_temporal_pipeline(monkeypatch, tmp_pa
 
 
 def test_runtime_choice(monkeypatch, tmp_path):
-    """auto without hardware bf16: PyTorch for small CPU jobs, ONNX Runtime (exported once, cached) for big ones."""
+    """auto without hardware bf16 or OpenVINO: PyTorch for small CPU jobs, ONNX Runtime (exported once, cached) for
+    big ones."""
     import torch
     from backend.inference import runtime
     from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor
@@ -145,6 +146,7 @@ def test_runtime_choice(monkeypatch, tmp_path):
 
     monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "openvino_available", lambda: False)  # OpenVINO's turn: test_engine_openvino.py
     torch.manual_seed(0)
     model = create_model("skysense_seg_tiny", num_classes=7).eval()
     small = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=1)

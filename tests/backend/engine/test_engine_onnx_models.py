@@ -73,7 +73,7 @@ def test_onnx_model_errors_are_clear(exported_landcover, scene, tmp_path):
         landcover.run(_params(scene, exported_landcover["bare"], tmp_path))
     with pytest.raises(InputError, match="'segmentation' model; the change step needs a 'change' model"):
         load_task_predictor(exported_landcover["onnx"], ("change",), what="change")
-    with pytest.raises(InputError, match="runs with ONNX Runtime only"):
+    with pytest.raises(InputError, match="exported ONNX model, which PyTorch cannot run"):
         landcover.run(_params(scene, exported_landcover["onnx"], tmp_path, runtime="torch"))
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00\x01 not an onnx graph")

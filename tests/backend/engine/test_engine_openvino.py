@@ -1,0 +1,127 @@
+"""OpenVINO runtime: same probabilities as PyTorch in fp32, bf16 close to them, chosen by "auto" for big CPU
+jobs, clear errors when asked for and unusable, and usable on exported .onnx model files."""
+import logging
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from backend.errors import InputError
+from backend.inference import runtime
+from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_available
+from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor
+from backend.pipelines import landcover
+from models.registry import create_model
+
+from .test_engine_onnx_models import _params, scene  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.skipif(not openvino_available(), reason="openvino is in requirements/backend.txt")
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return create_model("skysense_seg_tiny", num_classes=7).eval()
+
+
+@pytest.fixture
+def tiles():
+    rng = np.random.default_rng(3)
+    return rng.normal(size=(3, 3, 64, 64)).astype(np.float32)
+
+
+def test_fp32_gives_pytorch_probabilities_for_every_batch_size(exported_landcover, tiles):
+    from models.checkpoint import load_model_file
+
+    net, _ = load_model_file(exported_landcover["pth"])
+    reference = TorchPredictor(net.eval(), device="cpu")
+    ov = OpenVinoPredictor(exported_landcover["onnx"], precision="fp32")
+    assert ov.fixed_tile_size == 64 and ov.device == "cpu" and ov.precision == "fp32, OpenVINO"
+    first = ov([tiles[:2]])
+    kept = first.copy()
+    last = ov([tiles[2:]])  # a job's smaller last batch: padded into the compiled shape, must not overwrite `first`
+    np.testing.assert_allclose(first, np.asarray(reference([tiles[:2]])), atol=1e-4)
+    np.testing.assert_allclose(last, np.asarray(reference([tiles[2:]])), atol=1e-4)
+    np.testing.assert_array_equal(first, kept)
+    assert first.shape == (2, 7, 64, 64) and last.shape == (1, 7, 64, 64) and first.dtype == np.float32
+    np.testing.assert_allclose(first.sum(axis=1), 1.0, atol=1e-5)
+    assert len(ov._requests) == 1
+    bigger = ov([tiles])  # a bigger batch gets its own compiled shape
+    np.testing.assert_allclose(bigger, np.asarray(reference([tiles])), atol=1e-4)
+    assert len(ov._requests) == 2
+
+
+def test_bf16_stays_close_to_fp32(exported_landcover, tiles):
+    fp32 = OpenVinoPredictor(exported_landcover["onnx"], precision="fp32")([tiles])
+    bf16_predictor = OpenVinoPredictor(exported_landcover["onnx"], precision="bf16")
+    assert bf16_predictor.precision == "bf16, OpenVINO"
+    bf16 = bf16_predictor([tiles])
+    assert (bf16.argmax(1) == fp32.argmax(1)).mean() > 0.97
+    assert np.abs(bf16 - fp32).max() < 0.15
+
+
+def test_auto_picks_openvino_for_big_cpu_jobs(monkeypatch, tmp_path, model, tiles):
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    model_path = tmp_path / "weights.bin"
+    model_path.write_bytes(b"stand-in for a model file: only its hash keys the cache")
+    for native_bf16, expected in ((True, "bf16, OpenVINO"), (False, "fp32, OpenVINO")):
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
+        big = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=10000, model_path=model_path)
+        assert isinstance(big, OpenVinoPredictor) and big.precision == expected and big.fixed_tile_size == 64
+    no_amp = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=10000, model_path=model_path,
+                                    amp=False)
+    assert no_amp.precision == "fp32, OpenVINO"
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1  # one export serves them all
+    small = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=100, model_path=model_path)
+    assert isinstance(small, TorchPredictor)  # 0.4 MP: not worth an export
+    chosen = runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64, expected_tiles=1)
+    assert isinstance(chosen, OpenVinoPredictor)
+    np.testing.assert_allclose(no_amp([tiles]), np.asarray(TorchPredictor(model, device="cpu")([tiles])), atol=1e-4)
+
+
+def test_auto_falls_back_when_openvino_fails_and_explicit_requests_say_why(monkeypatch, tmp_path, model, caplog):
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Exception from src/inference: unsupported operation")
+    monkeypatch.setattr(runtime, "_openvino_predictor", broken)
+    with caplog.at_level(logging.WARNING):
+        fallback = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=10000)
+    assert isinstance(fallback, OnnxRuntimePredictor)
+    assert "OpenVINO unavailable for this model (Exception from src/inference" in caplog.text
+    with pytest.raises(InputError, match="could not be run with OpenVINO: RuntimeError: Exception from src"):
+        runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64)
+    monkeypatch.setattr(runtime, "resolve_device", lambda device: "cuda")
+    with pytest.raises(InputError, match="runtime 'openvino' runs on the CPU"):
+        runtime.make_predictor(model, device="cuda", runtime="openvino", tile_size=64)
+
+
+def test_missing_openvino_is_named(monkeypatch, exported_landcover, tmp_path, model):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    assert not openvino_available()
+    with pytest.raises(InputError, match="needs the openvino package"):
+        OpenVinoPredictor(exported_landcover["onnx"])
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(InputError, match="could not be run with OpenVINO: runtime 'openvino' needs the openvino"):
+        runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    auto = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=10000)
+    assert isinstance(auto, TorchPredictor) and auto.precision == "bf16 mixed"
+
+
+def test_landcover_job_runs_an_onnx_file_with_openvino(exported_landcover, scene, tmp_path):  # noqa: F811
+    ref = landcover.run(_params(scene, exported_landcover["pth"], tmp_path, name="ref", runtime="torch"))
+    got = landcover.run(_params(scene, exported_landcover["onnx"], tmp_path, name="ov", tile_size=None,
+                                runtime="openvino"))
+    assert got["metrics"]["runtime"] == "OpenVinoPredictor" and got["classes"] == ref["classes"]
+    assert got["metrics"]["precision"].endswith("OpenVINO")
+    with rasterio.open(tmp_path / "ref.tif") as a, rasterio.open(tmp_path / "ov.tif") as b:
+        agreement = (a.read(1) == b.read(1)).mean()
+    assert agreement > (0.999 if got["metrics"]["precision"].startswith("fp32") else 0.97), agreement
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01 not an onnx graph")
+    with pytest.raises(InputError, match=r"junk\.onnx"):
+        OpenVinoPredictor(junk)
