@@ -20,7 +20,8 @@ from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_ava
 from backend.inference.predictors import (OnnxRuntimePredictor, TorchPredictor, cache_root, cpu_has_native_bf16,
                                          resolve_device)
 
-__all__ = ["RUNTIMES", "make_predictor", "load_task_predictor", "onnx_cache_dir", "ONNX_MIN_MEGAPIXELS"]
+__all__ = ["RUNTIMES", "make_predictor", "openvino_for_big_cpu_job", "load_task_predictor", "onnx_cache_dir",
+           "ONNX_MIN_MEGAPIXELS"]
 
 log = logging.getLogger(__name__)
 # new runtimes go last: the Processing RUNTIME parameter stores the index
@@ -66,6 +67,21 @@ def _openvino_predictor(model, model_path: Optional[Path], tile_size: int, amp: 
     return OpenVinoPredictor(_exported_onnx(model, model_path, tile_size), precision=precision)
 
 
+def openvino_for_big_cpu_job(model, *, device: str, model_path=None, tile_size: int, expected_tiles: int,
+                             amp: bool = True) -> Optional[OpenVinoPredictor]:
+    """The OpenVINO predictor runtime "auto" uses for a CPU job of at least ONNX_MIN_MEGAPIXELS where openvino
+    is installed, else None (a GPU, a small job, no openvino, or an export/compile failure, logged)."""
+    if resolve_device(device) != "cpu" or expected_tiles * tile_size * tile_size / 1e6 < ONNX_MIN_MEGAPIXELS:
+        return None
+    if not openvino_available():
+        return None
+    try:
+        return _openvino_predictor(model, model_path, tile_size, amp)
+    except Exception as exc:
+        log.warning("OpenVINO unavailable for this model (%s); using another runtime", exc)
+        return None
+
+
 def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_path=None,
                    tile_size: int = 512, expected_tiles: int = 0, amp: bool = True):
     """A predictor for the engine.
@@ -87,17 +103,19 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     if runtime == "compile":
         return TorchPredictor(model, device=resolved, amp=amp, as_tensor=True, compile=True,
                               cpu_bf16=resolved == "cpu" and amp and cpu_has_native_bf16())
-    big_cpu_job = runtime == "auto" and resolved == "cpu" and work_mp >= ONNX_MIN_MEGAPIXELS
-    if runtime == "openvino" or (big_cpu_job and openvino_available()):
+    if runtime == "openvino":
         if resolved != "cpu":
             raise InputError("runtime 'openvino' runs on the CPU; use runtime 'torch' for CUDA")
         try:
             return _openvino_predictor(model, model_path, tile_size, amp)
         except Exception as exc:
-            if runtime == "openvino":
-                detail = exc if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
-                raise InputError(f"the model could not be run with OpenVINO: {detail}") from None
-            log.warning("OpenVINO unavailable for this model (%s); using another runtime", exc)
+            detail = exc if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+            raise InputError(f"the model could not be run with OpenVINO: {detail}") from None
+    if runtime == "auto":
+        chosen = openvino_for_big_cpu_job(model, device=resolved, model_path=model_path, tile_size=tile_size,
+                                          expected_tiles=expected_tiles, amp=amp)
+        if chosen is not None:
+            return chosen
     if runtime == "auto" and resolved == "cpu" and amp and cpu_has_native_bf16():
         return TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=True)
     if runtime == "torch" or (runtime == "auto" and (resolved != "cpu" or work_mp < ONNX_MIN_MEGAPIXELS)):

@@ -31,7 +31,8 @@ from rasterio.windows import Window
 from backend.errors import InputError, OutputError
 from backend.inference.engine import EngineInput, run_inference
 from backend.inference.predictors import TorchPredictor, cpu_has_native_bf16, resolve_device
-from backend.inference.runtime import load_task_predictor
+from backend.inference.runtime import load_task_predictor, openvino_for_big_cpu_job
+from backend.io.tiling import plan_tiles
 from backend.io.aoi import aoi_window, parse_aoi
 from backend.io.atomic import AtomicOutputs, describe_os_error
 from backend.io.raster import Grid, open_raster
@@ -135,12 +136,24 @@ def load_task_model(path: Any, tasks: Sequence[str], what: str, device: str = "a
     return load_task_predictor(path, tasks, device=device, what=what)
 
 
-def as_task_predictor(model: Any, device: str):
-    """nn.Module -> TorchPredictor on `device` (numpy out): fp16 autocast on CUDA, bf16 autocast on CPUs
-    that do bf16 in hardware (as land cover's runtime "auto"; LEVIR held-out F1 0.5524 vs 0.5521 in fp32,
-    1.15-1.3x faster), fp32 elsewhere. A predictor (e.g. ONNX Runtime) is returned as it is."""
+def job_layout(grid: Grid, model_path: Any, tile_size: int, overlap: int, passes: int = 1) -> Dict[str, Any]:
+    """What runtime "auto" weighs for a job on `grid` (as land cover does): the model file (keys the ONNX
+    export cache), the engine's fitted tile size and the tiles computed (x passes, e.g. both orders)."""
+    layout = plan_tiles(grid.height, grid.width, int(tile_size), int(overlap))
+    return {"model_path": model_path, "tile_size": layout.tile, "expected_tiles": layout.n_tiles * passes}
+
+
+def as_task_predictor(model: Any, device: str, job: Optional[Dict[str, Any]] = None):
+    """nn.Module -> predictor on `device` (numpy out): with `job` (job_layout), OpenVINO for CPU jobs as
+    big as land cover's runtime "auto" gives it (openvino_for_big_cpu_job); else a TorchPredictor: fp16
+    autocast on CUDA, bf16 autocast on CPUs that do bf16 in hardware (LEVIR held-out F1 0.5524 vs 0.5521 in
+    fp32, 1.15-1.3x faster), fp32 elsewhere. A predictor (e.g. ONNX Runtime) is returned as it is."""
     if not isinstance(model, torch.nn.Module):
         return model
+    if job is not None:
+        chosen = openvino_for_big_cpu_job(model, device=device, **job)
+        if chosen is not None:
+            return chosen
     return TorchPredictor(model, device=device, cpu_bf16=cpu_has_native_bf16())
 
 
@@ -196,10 +209,11 @@ class ChangePredictor:
     argmax equals ``P(change) >= threshold`` (0.5 leaves them unchanged).
     """
 
-    def __init__(self, model, device: str = "auto", symmetric: bool = True, threshold: float = 0.5):
+    def __init__(self, model, device: str = "auto", symmetric: bool = True, threshold: float = 0.5,
+                 job: Optional[Dict[str, Any]] = None):
         if not 0.0 < threshold < 1.0:
             raise InputError(f"threshold must be between 0 and 1, got {threshold}")
-        self.base = as_task_predictor(model, device)
+        self.base = as_task_predictor(model, device, job)
         self.device = getattr(self.base, "device", "cpu")
         self.precision = getattr(self.base, "precision", None)
         self.fixed_tile_size = getattr(self.base, "fixed_tile_size", None)
@@ -323,15 +337,18 @@ def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path
     mean, std = _norm(meta, n_bands)
     inputs = [EngineInput(pre_path, pre_bands, mean, std, expected_bands=n_bands),
               EngineInput(post_path, post_bands, mean, std, expected_bands=n_bands)]
+    tile_size = int(tile_size or meta.get("tile_size", 256))
+    job = job_layout(grid, model_path or DEFAULT_CHANGE_MODEL, tile_size, overlap,
+                     passes=2 if symmetric and meta["task"] == "change" else 1)
     if meta["task"] == "change":
-        predictor = ChangePredictor(model, device=device, symmetric=symmetric, threshold=threshold)
+        predictor = ChangePredictor(model, device=device, symmetric=symmetric, threshold=threshold, job=job)
         classes = [{"value": c["value"], "name": c["name"], "color": c.get("color", "#808080")}
                    for c in json.loads(CHANGE_PALETTE.read_text())["classes"]]
     else:
-        predictor = as_task_predictor(model, device)
+        predictor = as_task_predictor(model, device, job)
         classes = [{"value": k, "name": n, "color": "#808080"} for k, n in
                    enumerate(("background", "no damage", "minor damage", "major damage", "destroyed"))]
-    result = run_inference(inputs, predictor, class_path, classes, tile_size=int(tile_size or meta.get("tile_size", 256)),
+    result = run_inference(inputs, predictor, class_path, classes, tile_size=tile_size,
                            overlap=int(overlap), batch_size=int(batch_size), aoi=aoi, grid=grid,
                            allow_pixel_grid=True, confidence_path=probability_path, progress=progress,
                            outputs=outputs)
@@ -353,10 +370,11 @@ def predict_landcover(image: Any, grid: Grid, outputs: AtomicOutputs, path: Path
     image_path, bands = input_spec(image, what)
     n_bands = len((meta.get("bands") or {}).get("hr") or [1, 2, 3])
     mean, std = _norm(meta, n_bands)
+    tile_size = int(tile_size or meta.get("tile_size", 512))
     result = run_inference([EngineInput(image_path, bands or (meta.get("bands") or {}).get("hr"), mean, std,
                                         expected_bands=n_bands)],
-                           as_task_predictor(model, device), path, meta["classes"],
-                           tile_size=int(tile_size or meta.get("tile_size", 512)), overlap=int(overlap),
+                           as_task_predictor(model, device, job_layout(grid, model_path, tile_size, overlap)),
+                           path, meta["classes"], tile_size=tile_size, overlap=int(overlap),
                            batch_size=int(batch_size), aoi=aoi, grid=grid, allow_pixel_grid=True,
                            progress=progress, outputs=outputs)
     if not read_classes:

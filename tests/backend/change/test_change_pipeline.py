@@ -192,3 +192,31 @@ def test_change_runs_bf16_only_on_cpus_that_do_it_in_hardware(data_dir, tmp_path
     from PIL import Image
     truth = np.asarray(Image.open(levir / "label" / f"{name}.png").convert("L")) > 127
     assert 2 * (pred & truth).sum() / (pred.sum() + truth.sum()) > 0.6
+
+
+def test_big_cpu_change_jobs_run_with_openvino_like_land_cover(data_dir, tmp_path, monkeypatch):
+    """Change jobs choose their runtime as land cover's "auto" does: OpenVINO from the job's size up (the
+    threshold is lowered here so that a LEVIR pair counts as big), with the labels of the PyTorch path."""
+    from backend.inference import openvino_predictor, runtime
+
+    if not openvino_predictor.openvino_available():
+        pytest.skip("openvino is in requirements/backend.txt")
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    name = "val_27_0000_0256"
+    levir = data_dir / "levir_cd"
+    params = {"pre": str(levir / "A" / f"{name}.png"), "post": str(levir / "B" / f"{name}.png"), "device": "cpu",
+              "vectorize": False}
+    run_change({**params, "output_dir": str(tmp_path / "torch"), "name": "levir"})
+    monkeypatch.setattr(runtime, "ONNX_MIN_MEGAPIXELS", 0.1)  # 256² x 2 orders = 0.13 MP
+    messages = []
+    result = run_change({**params, "output_dir": str(tmp_path / "ov"), "name": "levir"},
+                        Progress(callback=lambda fraction, message: messages.append(message)))
+    assert any("OpenVINO" in m for m in messages), messages[:3]
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    with rasterio.open(tmp_path / "torch" / "levir.tif") as a, rasterio.open(_out(result, "change")["path"]) as b:
+        reference, got = a.read(1), b.read(1)
+    assert (reference == got).mean() > 0.99
+    from PIL import Image
+    truth = np.asarray(Image.open(levir / "label" / f"{name}.png").convert("L")) > 127
+    pred = got == 1
+    assert 2 * (pred & truth).sum() / (pred.sum() + truth.sum()) > 0.6

@@ -125,3 +125,20 @@ def test_landcover_job_runs_an_onnx_file_with_openvino(exported_landcover, scene
     junk.write_bytes(b"\x00\x01 not an onnx graph")
     with pytest.raises(InputError, match=r"junk\.onnx"):
         OpenVinoPredictor(junk)
+
+
+@pytest.mark.parametrize("name, classes", [("skysense_change_tiny", 2), ("skysense_damage_tiny", 5)])
+def test_two_input_models_give_pytorch_probabilities(tmp_path, name, classes):
+    from models.onnx_export import export_onnx
+
+    torch.manual_seed(1)
+    net = create_model(name, num_classes=classes).eval()
+    path = export_onnx(net, tmp_path / f"{name}.onnx", tile_size=64)
+    ov = OpenVinoPredictor(path, precision="fp32")
+    assert ov.input_names == ["pre", "post"]
+    rng = np.random.default_rng(5)
+    pre, post = (rng.normal(size=(2, 3, 64, 64)).astype(np.float32) for _ in range(2))
+    expected = np.asarray(TorchPredictor(net, device="cpu")([pre, post]))
+    np.testing.assert_allclose(ov([pre, post]), expected, atol=1e-4)
+    swapped = np.asarray(TorchPredictor(net, device="cpu")([post, pre]))
+    np.testing.assert_allclose(ov([post, pre]), swapped, atol=1e-4)  # inputs are fed by name, in order
