@@ -142,3 +142,35 @@ def test_two_input_models_give_pytorch_probabilities(tmp_path, name, classes):
     np.testing.assert_allclose(ov([pre, post]), expected, atol=1e-4)
     swapped = np.asarray(TorchPredictor(net, device="cpu")([post, pre]))
     np.testing.assert_allclose(ov([post, pre]), swapped, atol=1e-4)  # inputs are fed by name, in order
+
+
+def test_in_memory_models_leave_no_export_behind(monkeypatch, tmp_path, model, tiles):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the private export goes
+    chosen = runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64, amp=False)
+    onnx_ort = runtime.make_predictor(model, device="cpu", runtime="onnx", tile_size=64)
+    assert list(tmp_path.iterdir()) == []  # both runtimes read the file before it was removed
+    reference = np.asarray(TorchPredictor(model, device="cpu")([tiles]))
+    np.testing.assert_allclose(chosen([tiles]), reference, atol=1e-4)
+    np.testing.assert_allclose(onnx_ort([tiles]), reference, atol=1e-4)
+
+
+def test_consecutive_jobs_reuse_the_compiled_model_with_their_own_batch_size(monkeypatch, tmp_path, model, tiles):
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    model_path = tmp_path / "weights.bin"
+    model_path.write_bytes(b"stand-in for a model file")
+
+    def job():
+        return runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=10000, model_path=model_path)
+    first = job()
+    first([tiles])  # batch 3
+    first([tiles[:1]])  # its short last batch: padded to 3, no new compile
+    assert len(first._requests) == 1
+    second = job()
+    assert second is first  # same model file, tile and precision: compiled shapes kept
+    second([tiles[:1]])  # a job with batch size 1: compiled for 1, not padded to the last job's 3
+    assert sorted(shape[0][0] for shape in second._requests) == [1, 3]
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert job() is not first  # another precision: another predictor
