@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,9 +36,12 @@ class OpenVinoPredictor:
     precision: "bf16" (bfloat16 inference, for CPUs with it in hardware), "fp32", or "auto" (bf16 where
     the CPU does bf16 natively). threads: OpenVINO's inference threads (default: torch's, so every
     runtime uses the same cores). outputs="logits" turns the model's logits into probabilities.
+    fallback: builds the predictor a job continues with when OpenVINO cannot compile the model (runtime
+    "auto" gives PyTorch, with a logged warning); without one, that failure is an InputError naming the file.
     """
 
-    def __init__(self, path, precision: str = "auto", threads: Optional[int] = None, outputs: str = "logits"):
+    def __init__(self, path, precision: str = "auto", threads: Optional[int] = None, outputs: str = "logits",
+                 fallback: Optional[Callable[[], Callable]] = None):
         try:
             import openvino as ov
         except ImportError:
@@ -68,10 +71,23 @@ class OpenVinoPredictor:
                                 else None)
         self._requests: Dict[Tuple[tuple, ...], object] = {}
         self._batch = 0  # the largest batch of this job: smaller ones are padded up to it
+        self._precision = self.precision
+        self.start_job(fallback)
 
-    def start_job(self) -> None:
+    def start_job(self, fallback: Optional[Callable[[], Callable]] = None) -> None:
         """A new job begins: keep the compiled shapes, but pad its short last batch to its own batch size."""
         self._batch = 0
+        self._fallback, self._replacement = fallback, None
+        self.precision = self._precision
+
+    def _compile_failed(self, shapes: Tuple[tuple, ...], exc: Exception):
+        what = f"OpenVINO could not compile {self.path.name} for inputs {list(shapes)} ({type(exc).__name__}: {exc})"
+        if self._fallback is None:
+            raise InputError(f"{what}; use another runtime") from None
+        log.warning("%s; this job continues with the fallback runtime", what)
+        self._replacement = self._fallback()
+        self.precision = getattr(self._replacement, "precision", None)
+        return self._replacement
 
     def _request(self, shapes: Tuple[tuple, ...]):
         request = self._requests.get(shapes)
@@ -82,13 +98,19 @@ class OpenVinoPredictor:
             self._requests[shapes] = request
         return request
 
-    def __call__(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    def __call__(self, inputs: Sequence[np.ndarray]):
+        if self._replacement is not None:
+            return self._replacement(inputs)
         arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in inputs]
         count = arrays[0].shape[0]
         self._batch = max(self._batch, count)
         if count < self._batch:
             arrays = [np.concatenate([a, np.zeros((self._batch - count,) + a.shape[1:], np.float32)]) for a in arrays]
-        request = self._request(tuple(a.shape for a in arrays))
+        shapes = tuple(a.shape for a in arrays)
+        try:
+            request = self._request(shapes)
+        except Exception as exc:  # an operator or shape the CPU plugin cannot compile
+            return self._compile_failed(shapes, exc)(inputs)
         request.infer({name: a for name, a in zip(self.input_names, arrays)})
         # the output tensor is the request's own buffer, reused by the next batch: compute a new array
         logits = request.get_output_tensor(0).data[:count]

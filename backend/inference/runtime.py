@@ -15,7 +15,7 @@ import hashlib
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from backend.errors import InputError
 from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_available
@@ -72,13 +72,14 @@ def _onnx_predictor(model, model_path: Optional[Path], tile_size: int) -> OnnxRu
 _LAST_OPENVINO: Dict[tuple, OpenVinoPredictor] = {}
 
 
-def _openvino_predictor(model, model_path: Optional[Path], tile_size: int, amp: bool) -> OpenVinoPredictor:
+def _openvino_predictor(model, model_path: Optional[Path], tile_size: int, amp: bool,
+                        fallback: Optional[Callable] = None) -> OpenVinoPredictor:
     import torch
 
     precision = "bf16" if amp and cpu_has_native_bf16() else "fp32"  # emulated bf16 would be slower
     with _exported_onnx(model, model_path, tile_size) as (path, lasting):
         if not lasting:
-            return OpenVinoPredictor(path, precision=precision)
+            return OpenVinoPredictor(path, precision=precision, fallback=fallback)
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns, precision, torch.get_num_threads())
         predictor = _LAST_OPENVINO.get(key)
@@ -86,7 +87,7 @@ def _openvino_predictor(model, model_path: Optional[Path], tile_size: int, amp: 
             predictor = OpenVinoPredictor(path, precision=precision)
             _LAST_OPENVINO.clear()
             _LAST_OPENVINO[key] = predictor
-        predictor.start_job()
+        predictor.start_job(fallback)
         return predictor
 
 
@@ -98,8 +99,11 @@ def openvino_for_big_cpu_job(model, *, device: str, model_path=None, tile_size: 
         return None
     if not openvino_available():
         return None
+    def pytorch():  # what auto would have run otherwise, should OpenVINO fail to compile the model mid-job
+        return TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=amp and cpu_has_native_bf16())
+
     try:
-        return _openvino_predictor(model, model_path, tile_size, amp)
+        return _openvino_predictor(model, model_path, tile_size, amp, fallback=pytorch)
     except Exception as exc:
         log.warning("OpenVINO unavailable for this model (%s); using another runtime", exc)
         return None

@@ -174,3 +174,25 @@ def test_consecutive_jobs_reuse_the_compiled_model_with_their_own_batch_size(mon
     assert sorted(shape[0][0] for shape in second._requests) == [1, 3]
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     assert job() is not first  # another precision: another predictor
+
+
+def test_a_model_openvino_cannot_compile_falls_back_under_auto_and_is_named_otherwise(
+        monkeypatch, tmp_path, exported_landcover, scene, caplog):  # noqa: F811
+    import openvino
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("Exception from src/plugins/intel_cpu: unsupported operation Foo")
+    monkeypatch.setattr(openvino.Core, "compile_model", refuse)
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "ONNX_MIN_MEGAPIXELS", 0.001)  # this small scene counts as a big job
+    with caplog.at_level(logging.WARNING):
+        auto = landcover.run(_params(scene, exported_landcover["pth"], tmp_path / "auto", name="auto"))
+    assert "OpenVINO could not compile" in caplog.text and "continues with the fallback runtime" in caplog.text
+    assert auto["metrics"]["runtime"] == "OpenVinoPredictor" and "OpenVINO" not in auto["metrics"]["precision"]
+    ref = landcover.run(_params(scene, exported_landcover["pth"], tmp_path / "ref", name="ref", runtime="torch"))
+    with rasterio.open(tmp_path / "auto" / "auto.tif") as a, rasterio.open(tmp_path / "ref" / "ref.tif") as b:
+        assert (a.read(1) == b.read(1)).mean() > 0.97  # PyTorch ran it (bf16 where the CPU has it)
+    with pytest.raises(InputError, match=r"OpenVINO could not compile lc_tiny\.onnx .*unsupported operation Foo"):
+        landcover.run(_params(scene, exported_landcover["onnx"], tmp_path / "chosen", name="chosen", tile_size=None,
+                              runtime="openvino"))
+    assert not (tmp_path / "chosen").exists() or list((tmp_path / "chosen").iterdir()) == []
