@@ -353,10 +353,17 @@ def predict_change(pre: Any, post: Any, outputs: AtomicOutputs, class_path: Path
                            allow_pixel_grid=True, confidence_path=probability_path, progress=progress,
                            outputs=outputs)
     out = {"engine": result, "grid": result.grid, "meta": meta, "model": model, "device": result.device,
-           "threshold": getattr(predictor, "threshold", 0.5)}
+           "threshold": getattr(predictor, "threshold", 0.5), "precision": getattr(predictor, "precision", None)}
     if meta["task"] == "change" and write_probability:
         write_change_probability(result, probability_path, out["threshold"], window=window)
     return out
+
+
+def engine_figures(found: Dict[str, Any]) -> Dict[str, Any]:
+    """How predict_change's engine run went, for a job's metrics: seconds, megapixels, precision/runtime."""
+    engine = found["engine"]
+    return {"seconds": round(engine.seconds, 3), "megapixels": round(engine.megapixels, 4),
+            "precision": found.get("precision")}
 
 
 def predict_landcover(image: Any, grid: Grid, outputs: AtomicOutputs, path: Path, model_path: Any, *,
@@ -688,6 +695,7 @@ def _run_change(params: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
             "grid": {"crs": grid.crs.to_string() if grid.crs else None, "width": grid.width, "height": grid.height,
                      "transform": list(grid.transform)[:6]},
             "model": str(params.get("model") or DEFAULT_CHANGE_MODEL),
+            **engine_figures(found),
         }
 
         if landcover:

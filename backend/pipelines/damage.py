@@ -439,8 +439,8 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
     from backend.inference.predictors import resolve_device
     from backend.io.atomic import AtomicOutputs
     from backend.io.style import raster_qml, vector_qml, write_qml
-    from backend.pipelines.change import (DEFAULT_LANDCOVER_MODEL, _float_param, pixel_area, predict_change,
-                                          write_polygons)
+    from backend.pipelines.change import (DEFAULT_LANDCOVER_MODEL, _float_param, engine_figures, pixel_area,
+                                          predict_change, write_polygons)
 
     name = str(params.get("name") or "damage")
     if not name.replace("_", "").replace("-", "").isalnum():
@@ -525,6 +525,7 @@ def _run_damage(params: Dict[str, Any], progress) -> Dict[str, Any]:
         "damage_counts": counts, "thresholds": list(DAMAGE_THRESHOLDS), "ring_m": ring_m,
         "mean_confidence": round(float(np.mean([r["confidence"] for r in records])), 4) if records else None,
         "grid": {"crs": grid.crs.to_string() if grid.crs else None, "width": grid.width, "height": grid.height},
+        **engine_figures(found),
     }
     outs = [{"path": str(paths["vector"]), "kind": "vector", "role": "buildings", "layer": name,
              "qml": str(paths["vector_qml"])},

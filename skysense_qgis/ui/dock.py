@@ -15,6 +15,7 @@ from ..job_params import finetune_checkpoint, job_name
 from ..job_task import SkySenseJobTask
 from ..layer_sources import LayerSourceError
 from ..result_layers import ResultLoadError, add_result_layers
+from ..run_summary import run_summary
 from ..settings import PluginSettings
 from ..vector_export import ExportError
 from .backend_page import BackendPage
@@ -257,11 +258,13 @@ class SkySenseDock(QDockWidget):
                 (o["path"] for o in result.get("outputs") or [] if o.get("kind") == "model"), None)
             if model:  # ready to map land cover with the new model straight away
                 self.landcover.model.set_model_path(model)
+        how = run_summary(result)
+        how = f" {how}." if how else ""
         if layers:
-            self.job_panel.job_ended(f"{kind} finished: {len(layers)} layer(s) added in group '{name}'.", True)
+            self.job_panel.job_ended(f"{kind} finished: {len(layers)} layer(s) added in group '{name}'.{how}", True)
             self.notify(f"{kind} finished: results in group '{name}'.", Qgis.Success, 5)
         else:
-            self.job_panel.job_ended(f"{kind} finished.", True)
+            self.job_panel.job_ended(f"{kind} finished.{how}", True)
             self.notify(f"{kind} finished.", Qgis.Success, 5)
         if layers and kind != "finetune":
             self.iface.mapCanvas().refresh()

@@ -79,6 +79,8 @@ def test_map_land_cover_click_runs_job_and_adds_styled_group(plugin, fake_backen
     assert params["s2"][0]["date"] == "2023-05-14"
     assert params["tile_size"] == 256 and params["overlap"] == 32 and params["device"] == "cpu"
     assert params["runtime"] == "compile"
+    # how the job ran, as the backend reported it
+    assert "0.1 MP in 0.5 s (0.13 MP/s) on cpu, bf16, OpenVINO." in dock.job_panel.status.text()
     assert params["aoi"]["crs"] == "EPSG:32650" and params["aoi"]["geometry"]["type"] == "Polygon"
     group = QgsProject.instance().layerTreeRoot().findGroup(params["name"])
     assert group is not None and params["name"].startswith("landcover_")

@@ -216,3 +216,15 @@ def test_ungeoreferenced_image_is_refused(data_dir):
     layer.setCrs(QgsCoordinateReferenceSystem("EPSG:32650"))
     with pytest.raises(LayerSourceError, match="has no georeferencing"):
         raster_path(layer)
+
+
+def test_run_summary_says_how_a_job_ran():
+    from skysense_qgis.run_summary import run_summary
+
+    result = {"device": "cpu", "metrics": {"megapixels": 42.0, "seconds": 18.26, "precision": "bf16, OpenVINO"}}
+    assert run_summary(result) == "42.0 MP in 18.3 s (2.30 MP/s) on cpu, bf16, OpenVINO"
+    assert run_summary({"device": "cuda", "metrics": {"megapixels": 1, "seconds": 2}}) == \
+        "1.0 MP in 2.0 s (0.50 MP/s) on cuda"
+    for silent in ({}, {"metrics": {}}, {"metrics": {"megapixels": 3, "seconds": 0}},
+                   {"metrics": {"megapixels": "3", "seconds": 1}}):
+        assert run_summary(silent) == ""

@@ -1,6 +1,7 @@
 """End to end in real QGIS with the REAL backend process, started by the plugin's own BackendManager
 with the interpreter from SKYSENSE_BACKEND_PYTHON, on a georeferenced crop of a real LoveDA tile."""
 import os
+import re
 import signal
 
 import pytest
@@ -51,6 +52,8 @@ def test_map_land_cover_through_the_dock_with_the_real_backend(real_plugin, love
                               or real_plugin.iface.messageBar().get_messages(2), 180, "the land-cover job")
     assert dock.last_result is not None, dock.job_panel.status.text()
     assert dock.manager.is_running() and "CPU" in dock.backend.status.text()
+    assert re.search(r"0\.1 MP in [\d.]+ s \([\d.]+ MP/s\) on cpu, (fp32|bf16 mixed)\.$", dock.job_panel.status.text()), \
+        dock.job_panel.status.text()  # a small job: PyTorch (OpenVINO only from 40 MP)
 
     group = dock.last_group
     assert group.name().startswith("landcover_")

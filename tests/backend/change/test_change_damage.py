@@ -80,8 +80,11 @@ def test_joplin_mosaics_with_footprints(data_dir, tmp_path):
     assert sum(result["metrics"]["damage_counts"].values()) == len(records)
     with rasterio.open(raster["path"]) as src:
         assert src.crs.to_epsg() == 26915
+        # how the change engine ran: the AOI's pixels, its time and precision (shown by the plugin)
+        assert result["metrics"]["megapixels"] == pytest.approx(src.width * src.height / 1e6, abs=1e-4)
         values = src.read(1)
     assert set(np.unique(values)) <= {0, 1, 2, 3, 4} and (values > 0).any()
+    assert result["metrics"]["seconds"] > 0 and result["metrics"]["precision"] in ("fp32", "bf16 mixed")
     assert 'attr="damage"' in open(vector["qml"]).read()
 
 

@@ -39,6 +39,8 @@ def test_levir_pair_matches_its_label(data_dir, tmp_path):
     assert 'color="#ff00ff"' in qml and 'alpha="0"' in qml  # change magenta, no change transparent
     with fiona.open(_out(result, "polygons")["path"]) as layer:
         assert len(layer) == result["metrics"]["polygons"] > 0
+    assert result["metrics"]["megapixels"] == pytest.approx(256 * 256 / 1e6, abs=1e-4)
+    assert result["metrics"]["seconds"] > 0 and result["metrics"]["precision"] in ("fp32", "bf16 mixed")
 
 
 def test_joplin_different_crs_with_aoi_from_to_and_min_area(data_dir, tmp_path, landcover_model_file):
