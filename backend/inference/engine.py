@@ -267,7 +267,8 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
     predictor: callable(list of float32 [B, C_i, T, T]) -> float32 probabilities [B, K, T, T]
       (see backend.inference.predictors; wrap an nn.Module with TorchPredictor / as_predictor).
     classes: K class dicts {"value", "name", "color"}; probability channel k is written as value k.
-    batch_size: tiles per predictor call; 0 = auto_batch_size(predictor.device).
+    batch_size: tiles per predictor call; 0 = the predictor's `preferred_batch_size` if it has one, else
+      auto_batch_size(predictor.device).
     aoi: {"geometry": GeoJSON, "crs": ...}; the output covers the AOI's bounding window, pixels outside
       the polygon are nodata. Input nodata (masks, nodata value, alpha) becomes output nodata.
     confidence_path: also write max probability as uint8 percent (0..100, nodata 255).
@@ -283,7 +284,8 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
     nodata = output_nodata(classes)
     lut = np.array([c["value"] for c in classes], np.uint8)
     if not batch_size:
-        batch_size = auto_batch_size(getattr(predictor, "device", "cpu"))
+        # a predictor may know its best batch (OpenVINO: 1, see openvino_predictor); else by device
+        batch_size = getattr(predictor, "preferred_batch_size", None) or auto_batch_size(getattr(predictor, "device", "cpu"))
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1 (or 0 for automatic), got {batch_size}")
     output_path = Path(output_path)

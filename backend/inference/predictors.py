@@ -252,6 +252,7 @@ class FlipTTA:
         self.device = getattr(base, "device", "cpu")
         self.precision = getattr(base, "precision", None)
         self.fixed_tile_size = getattr(base, "fixed_tile_size", None)
+        self.preferred_batch_size = getattr(base, "preferred_batch_size", None)
 
     def __call__(self, inputs: Sequence[np.ndarray]):
         first = self.base(inputs)

@@ -217,6 +217,7 @@ class ChangePredictor:
         self.device = getattr(self.base, "device", "cpu")
         self.precision = getattr(self.base, "precision", None)
         self.fixed_tile_size = getattr(self.base, "fixed_tile_size", None)
+        self.preferred_batch_size = getattr(self.base, "preferred_batch_size", None)
         self.symmetric, self.threshold = symmetric, float(threshold)
 
     def __call__(self, arrays: Sequence[np.ndarray]) -> np.ndarray:

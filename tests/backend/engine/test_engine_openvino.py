@@ -39,18 +39,18 @@ def test_fp32_gives_pytorch_probabilities_for_every_batch_size(exported_landcove
     reference = TorchPredictor(net.eval(), device="cpu")
     ov = OpenVinoPredictor(exported_landcover["onnx"], precision="fp32")
     assert ov.fixed_tile_size == 64 and ov.device == "cpu" and ov.precision == "fp32, OpenVINO"
+    assert ov.preferred_batch_size == 1  # what the engine runs it with by default
     first = ov([tiles[:2]])
     kept = first.copy()
-    last = ov([tiles[2:]])  # a job's smaller last batch: padded into the compiled shape, must not overwrite `first`
+    last = ov([tiles[2:]])  # another shape: compiled for it, must not overwrite `first`
     np.testing.assert_allclose(first, np.asarray(reference([tiles[:2]])), atol=1e-4)
     np.testing.assert_allclose(last, np.asarray(reference([tiles[2:]])), atol=1e-4)
     np.testing.assert_array_equal(first, kept)
     assert first.shape == (2, 7, 64, 64) and last.shape == (1, 7, 64, 64) and first.dtype == np.float32
     np.testing.assert_allclose(first.sum(axis=1), 1.0, atol=1e-5)
-    assert len(ov._requests) == 1
-    bigger = ov([tiles])  # a bigger batch gets its own compiled shape
-    np.testing.assert_allclose(bigger, np.asarray(reference([tiles])), atol=1e-4)
-    assert len(ov._requests) == 2
+    again = ov([tiles[:2]])  # a shape seen before: its compiled request again
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    assert sorted(shape[0][0] for shape in ov._requests) == [1, 2]
 
 
 def test_bf16_stays_close_to_fp32(exported_landcover, tiles):
@@ -156,7 +156,7 @@ def test_in_memory_models_leave_no_export_behind(monkeypatch, tmp_path, model, t
     np.testing.assert_allclose(onnx_ort([tiles]), reference, atol=1e-4)
 
 
-def test_consecutive_jobs_reuse_the_compiled_model_with_their_own_batch_size(monkeypatch, tmp_path, model, tiles):
+def test_consecutive_jobs_reuse_the_compiled_model(monkeypatch, tmp_path, model, tiles):
     monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     model_path = tmp_path / "weights.bin"
@@ -165,13 +165,11 @@ def test_consecutive_jobs_reuse_the_compiled_model_with_their_own_batch_size(mon
     def job():
         return runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=10000, model_path=model_path)
     first = job()
-    first([tiles])  # batch 3
-    first([tiles[:1]])  # its short last batch: padded to 3, no new compile
-    assert len(first._requests) == 1
+    first([tiles[:1]])
     second = job()
-    assert second is first  # same model file, tile and precision: compiled shapes kept
-    second([tiles[:1]])  # a job with batch size 1: compiled for 1, not padded to the last job's 3
-    assert sorted(shape[0][0] for shape in second._requests) == [1, 3]
+    assert second is first and len(second._requests) == 1  # same model file, tile and precision: compiled
+    second([tiles[:1]])
+    assert len(second._requests) == 1
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     assert job() is not first  # another precision: another predictor
 
@@ -196,3 +194,25 @@ def test_a_model_openvino_cannot_compile_falls_back_under_auto_and_is_named_othe
         landcover.run(_params(scene, exported_landcover["onnx"], tmp_path / "chosen", name="chosen", tile_size=None,
                               runtime="openvino"))
     assert not (tmp_path / "chosen").exists() or list((tmp_path / "chosen").iterdir()) == []
+
+
+def test_the_engine_batches_as_the_predictor_prefers_unless_told(scene, tmp_path):  # noqa: F811
+    from backend.inference.engine import EngineInput, run_inference
+    from backend.inference.predictors import FlipTTA
+
+    seen = []
+
+    def stub(arrays):
+        seen.append(arrays[0].shape[0])
+        out = np.zeros((arrays[0].shape[0], 2) + arrays[0].shape[2:], np.float32)
+        out[:, 0] = 1.0
+        return out
+    stub.device = "cpu"
+    stub.preferred_batch_size = 3  # the CPU's automatic batch would be 2
+    for predictor in (stub, FlipTTA(stub, flips=())):
+        seen.clear()
+        run_inference([EngineInput(scene)], predictor, tmp_path / "auto.tif", [1, 2], tile_size=64, overlap=16)
+        assert max(seen) == 3, seen
+    seen.clear()
+    run_inference([EngineInput(scene)], stub, tmp_path / "told.tif", [1, 2], tile_size=64, overlap=16, batch_size=1)
+    assert set(seen) == {1}
