@@ -101,3 +101,8 @@ def building_model_factory(tmp_path_factory):
 def building_model_file(building_model_factory):
     """Strongly biased: most pixels come out as building."""
     return building_model_factory(8.0, "building_biased")
+
+
+def outcome_metrics(result) -> dict:
+    """A job's metrics without its run time: what two runs of the same job must agree on."""
+    return {k: v for k, v in result["metrics"].items() if k != "seconds"}
