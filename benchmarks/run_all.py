@@ -7,7 +7,8 @@ Sections (all on synthetic rasters generated into a temporary folder):
   1c. runtime "compile" (torch.compile): first-run compile cost (empty and filled kernel cache) and speed.
   2. PyTorch eager vs ONNX Runtime vs OpenVINO inside the engine (when models.onnx_export can export).
   3. Peak memory (VmHWM of a fresh process) from 2048² to 20k², tall and wide rasters.
-  4. On a CUDA GPU: fp32 vs mixed precision (autocast fp16).
+  4. On a CUDA GPU: a plain batch-of-one loop vs the engine in fp32, fp16 and bf16 autocast, for the tiny
+     model and the full-size Swin-V2-H segmentation model (speed, peak GPU memory, label agreement).
   5. int8 on the CPU (benchmarks.quantized): PyTorch / ONNX Runtime dynamic and static quantization vs
      fp32 and bf16, speed and LoveDA held-out accuracy.
   6. Reliability of the real backend process (benchmarks.reliability): start-up, cancel and crash-detection
@@ -429,27 +430,99 @@ def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -
               f"A whole-raster float32 probability array for {big_w}x{big_h} px and 7 classes would need {full:,.0f} MB.")
 
 
-def bench_gpu(tmp: Path, size: int, results: dict) -> str:
+GPU_PRECISIONS = (("fp32", dict(amp=False)), ("fp16 mixed", dict(amp=True, cuda_dtype="fp16")),
+                  ("bf16 mixed", dict(amp=True, cuda_dtype="bf16")))
+
+
+def _gpu_case(tmp: Path, key: str, model: torch.nn.Module, size: int, tile: int, batch: int,
+              loop_tile: int, repeat: int, device: str = "cuda") -> tuple:
+    """One model on the GPU: a plain batch-of-one fp32 loop, then the engine in each precision.
+    Returns (table rows, figures); each run is timed best of `repeat` after one warm-up run.
+    (device="cpu" only dry-runs this code where there is no GPU.)"""
+    on_cuda = device.startswith("cuda")
+    raster = tmp / f"gpu_{size}.tif"
+    if not raster.exists():
+        make_test_raster(raster, size)
+    mp = size * size / 1e6
+    overlap = tile // 8
+    rows, figures = [], {}
+
+    def measure(name, run):
+        run()  # warm-up: cuDNN autotuning, allocator growth, lazy CUDA module loading
+        if on_cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        secs = best_of_each({name: run}, repeat)[name]
+        return secs, (torch.cuda.max_memory_allocated() / 2**20 if on_cuda else float("nan"))
+
+    loop = TorchPredictor(model, device=device, amp=False)  # numpy out: one tile in, labels on the host
+    loop_secs, loop_mem = measure("loop", lambda: plain_tile_loop(
+        raster, tmp / f"{key}_loop.tif", loop, CLASSES, tile=loop_tile, overlap=loop_tile // 8, **NORM))
+    figures["loop_fp32_mps"] = mp / loop_secs
+    rows.append([f"plain loop, fp32, tile {loop_tile}, batch 1", f"{loop_secs:.2f}", f"{mp / loop_secs:.1f}",
+                 "1.00x", f"{loop_mem:,.0f}", "-"])
+    for label, options in GPU_PRECISIONS:
+        tag = label.split()[0]
+        predictor = TorchPredictor(model, device=device, as_tensor=True, **options)
+        out = tmp / f"{key}_{tag}.tif"
+        secs, mem = measure(tag, lambda: run_inference([EngineInput(raster, **NORM)], predictor, out, CLASSES,
+                                                       tile_size=tile, overlap=overlap, batch_size=batch))
+        agree = 1.0 if tag == "fp32" else _agreement(tmp / f"{key}_fp32.tif", out)
+        probe = predictor([np.random.default_rng(0).normal(size=(1, 3, tile, tile)).astype(np.float32)])
+        finite = bool(torch.isfinite(probe).all())
+        figures[f"{tag}_mps"], figures[f"{tag}_agreement"], figures[f"{tag}_finite"] = mp / secs, agree, finite
+        figures[f"{tag}_peak_mb"] = mem
+        rows.append([f"engine, {label}, tile {tile}, batch {batch}", f"{secs:.2f}", f"{mp / secs:.1f}",
+                     f"{loop_secs / secs:.2f}x", f"{mem:,.0f}", f"{agree:.4f}" + ("" if finite else " (non-finite!)")])
+    return rows, figures
+
+
+def _ort_cuda_row(tmp: Path, size: int, results: dict) -> str:
+    import onnxruntime as ort
+    providers = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        return f"ONNX Runtime on CUDA: not measured (this onnxruntime offers only {', '.join(providers)})"
+    from models.onnx_export import export_onnx
+    tile = plan_tiles(size, size, 512, 64).tile
+    onnx_path = tmp / f"tiny_gpu_{tile}.onnx"
+    export_onnx(build_model("tiny"), onnx_path, tile_size=tile)
+    predictor = OnnxRuntimePredictor(onnx_path, device="cuda")
+    raster = tmp / f"gpu_{size}.tif"
+    secs = _engine(raster, tmp / "gpu_ort.tif", predictor, 512, 64, 8)
+    results["gpu"]["tiny"]["onnxruntime_cuda_mps"] = size * size / 1e6 / secs
+    return (f"ONNX Runtime CUDA provider (tiny model, engine, tile 512, batch 8): {size * size / 1e6 / secs:.1f} MP/s, "
+            f"label agreement with PyTorch fp32 {_agreement(tmp / 'tiny_fp32.tif', tmp / 'gpu_ort.tif'):.4f}")
+
+
+def bench_gpu(tmp: Path, size: int, results: dict, huge_size: int = 2048) -> str:
+    """fp32 vs fp16 / bf16 autocast on a CUDA GPU, for the tiny model and for the full-size SkySense
+    segmentation model (Swin-V2-H encoder + UPerNet, untrained: speed does not depend on the weights)."""
     if not torch.cuda.is_available():
         return "\n4. GPU fp32 vs mixed precision: skipped (no CUDA GPU on this machine)"
-    raster = make_test_raster(tmp / f"gpu_{size}.tif", size)
-    model = build_model("tiny")
-    mp = size * size / 1e6
-    rows = []
-    secs = {}
-    for amp in (False, True):
-        predictor = TorchPredictor(model, device="cuda", amp=amp, as_tensor=True)
-        _engine(raster, tmp / "gpu_warm.tif", predictor, 512, 64, 8)  # warm-up (cuDNN autotune, allocator)
-        torch.cuda.synchronize()
-        secs[amp] = _engine(raster, tmp / f"gpu_{amp}.tif", predictor, 512, 64, 8)
-        rows.append(["mixed precision (fp16 autocast)" if amp else "fp32", f"{secs[amp]:.1f}", f"{mp / secs[amp]:.1f}",
-                     f"{secs[False] / secs[amp]:.2f}x"])
-    agree = _agreement(tmp / "gpu_False.tif", tmp / "gpu_True.tif")
-    results["gpu"] = {"fp32_mps": mp / secs[False], "amp_mps": mp / secs[True], "agreement": agree,
-                      "name": torch.cuda.get_device_name(0)}
-    return (table(f"4. GPU ({torch.cuda.get_device_name(0)}), tile 512/64 batch 8, {size}x{size} px",
-                  ["precision", "seconds", "MP/s", "speed-up"], rows)
-            + f"\nlabel agreement fp32 vs mixed precision: {agree:.4f}")
+    name = torch.cuda.get_device_name(0)
+    results["gpu"] = {"name": name, "torch": torch.__version__, "cuda": torch.version.cuda}
+    header = ["runner", "seconds", "MP/s", "vs loop", "peak GPU MB", "labels = fp32"]
+    tiny_rows, results["gpu"]["tiny"] = _gpu_case(tmp, "tiny", build_model("tiny"), size, 512, 8, 512, REPEAT)
+    out = [table(f"4. GPU ({name}, torch {torch.__version__}, CUDA {torch.version.cuda}): tiny model, "
+                 f"{size}x{size} px", header, tiny_rows)]
+    try:
+        out.append(_ort_cuda_row(tmp, size, results))
+    except Exception as exc:  # report, do not abort the other rows
+        out.append(f"ONNX Runtime on CUDA: failed ({type(exc).__name__}: {exc})")
+    if huge_size:
+        from models.registry import create_model
+        torch.manual_seed(0)
+        huge = create_model("skysense_seg_huge", num_classes=len(CLASSES)).eval()
+        params = sum(p.numel() for p in huge.parameters()) / 1e6
+        huge_rows, results["gpu"]["huge"] = _gpu_case(tmp, "huge", huge, huge_size, 512, 8, 512, max(1, REPEAT - 1))
+        out.append(table(f"4b. GPU: full-size SkySense segmentation model (skysense_seg_huge, {params:.0f} M "
+                         f"parameters, untrained), {huge_size}x{huge_size} px", header, huge_rows))
+        del huge
+        torch.cuda.empty_cache()
+    return "\n".join(out) + ("\nplain loop = one tile at a time on the GPU in fp32 (read, predict, argmax, write); "
+                             "the engine batches, blends the overlaps on the GPU and overlaps reading and writing "
+                             "with the GPU's work.\nlabels = fp32: share of pixels whose class matches the fp32 "
+                             "engine run.")
 
 
 def _bench_int8(tmp: Path, size: int, results: dict) -> str:
@@ -471,6 +544,8 @@ def main(argv=None) -> int:
     ap.add_argument("--real-model-memory", type=int, default=1024,
                     help="also measure memory with the real tiny model at this size (0: skip)")
     ap.add_argument("--gpu-size", type=int, default=4096)
+    ap.add_argument("--gpu-huge-size", type=int, default=2048,
+                    help="raster side for the full-size model on the GPU (0: skip that model)")
     ap.add_argument("--int8-size", type=int, default=1024,
                     help="raster side for the int8 section (six runtimes x best of --repeat: ~5 min at 1024)")
     ap.add_argument("--reliability-size", type=int, default=2048,
@@ -482,6 +557,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.speed_size, args.memory_sizes, args.gpu_size, args.int8_size = 1024, "1024,4096,1024x8192", 2048, 512
+        args.gpu_huge_size = 1024
     global REPEAT
     REPEAT = max(1, args.repeat)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -500,7 +576,7 @@ def main(argv=None) -> int:
                           ("precision", lambda: bench_precision_real(tmp, results)),
                           ("onnx", lambda: bench_onnx(tmp, args.speed_size, results)),
                           ("memory", lambda: bench_memory(tmp, sizes, args.real_model_memory, results)),
-                          ("gpu", lambda: bench_gpu(tmp, args.gpu_size, results)),
+                          ("gpu", lambda: bench_gpu(tmp, args.gpu_size, results, args.gpu_huge_size)),
                           ("int8", lambda: _bench_int8(tmp, args.int8_size, results)),
                           ("reliability", lambda: _bench_reliability(tmp, args.reliability_size, results))):
             if name in skip:

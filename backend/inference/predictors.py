@@ -48,9 +48,12 @@ def resolve_device(device: str = "auto") -> str:
     raise InputError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda'")
 
 
+CUDA_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 class TorchPredictor:
-    """Runs an nn.Module under inference_mode, with autocast mixed precision where asked: fp16 on CUDA
-    (`amp`, default on), bfloat16 on the CPU (`cpu_bf16`, default off; worth it on CPUs with
+    """Runs an nn.Module under inference_mode, with autocast mixed precision where asked: on CUDA
+    (`amp`, default on) in `cuda_dtype` ("fp16" or "bf16"), bfloat16 on the CPU (`cpu_bf16`, default off; worth it on CPUs with
     cpu_has_native_bf16()). fp32 otherwise; the same code path either way. The module returns logits
     (or probabilities with outputs='probs'); the engine always receives probabilities in float32.
 
@@ -60,12 +63,14 @@ class TorchPredictor:
 
     def __init__(self, module: torch.nn.Module, device: str = "auto", amp: bool = True,
                  outputs: str = "logits", channels_last: bool | None = None, as_tensor: bool = False,
-                 cpu_bf16: bool = False, compile: bool = False):
+                 cpu_bf16: bool = False, compile: bool = False, cuda_dtype: str = "fp16"):
+        if cuda_dtype not in CUDA_AMP_DTYPES:
+            raise ValueError(f"cuda_dtype must be one of {sorted(CUDA_AMP_DTYPES)}, got {cuda_dtype!r}")
         self.as_tensor = as_tensor  # True: return the probabilities as a tensor on `device` (the engine
         # blends there, so only labels come back to the host); False: a numpy array
         self.device = resolve_device(device)
         on_cuda = self.device.startswith("cuda")
-        self.amp_dtype = (torch.float16 if on_cuda and amp else
+        self.amp_dtype = (CUDA_AMP_DTYPES[cuda_dtype] if on_cuda and amp else
                           torch.bfloat16 if not on_cuda and cpu_bf16 else None)
         self.amp = self.amp_dtype is not None
         self._precision = {None: "fp32", torch.float16: "fp16 mixed", torch.bfloat16: "bf16 mixed"}[self.amp_dtype]

@@ -432,3 +432,13 @@ def test_tensor_and_numpy_predictors_give_the_same_map(image, tmp_path):
             outs.append(ds.read(1))
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[2], outs[3])
+
+
+def test_cuda_autocast_dtype_is_checked_and_applies_to_cuda_only():
+    with pytest.raises(ValueError, match="cuda_dtype"):
+        TorchPredictor(torch.nn.Conv2d(3, 2, 1), device="cpu", cuda_dtype="fp8")
+    # on the CPU the CUDA choice changes nothing: fp32 unless cpu_bf16 asks for bf16
+    assert TorchPredictor(torch.nn.Conv2d(3, 2, 1), device="cpu", cuda_dtype="bf16").precision == "fp32"
+    if torch.cuda.is_available():
+        assert TorchPredictor(torch.nn.Conv2d(3, 2, 1), device="cuda").precision == "fp16 mixed"
+        assert TorchPredictor(torch.nn.Conv2d(3, 2, 1), device="cuda", cuda_dtype="bf16").precision == "bf16 mixed"
