@@ -18,3 +18,10 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+def repo_env(**extra) -> dict:
+    """os.environ for a child Python process: the repo first on PYTHONPATH, whatever was there kept
+    (an environment that brings its packages through PYTHONPATH still finds them), plus `extra`."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}

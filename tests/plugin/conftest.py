@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from osgeo import gdal
+from ..conftest import repo_env
 
 ROOT = Path(__file__).resolve().parents[2]
 LOVEDA_CLASSES = json.loads((ROOT / "resources" / "palettes" / "loveda.json").read_text())["classes"]
@@ -243,7 +244,7 @@ def landcover_model(tmp_path_factory, backend_python_session) -> Path:
         return DEFAULT_LANDCOVER_MODEL
     import subprocess
     path = tmp_path_factory.mktemp("models") / "landcover_untrained.pth"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = repo_env(OMP_NUM_THREADS="1")
     proc = subprocess.run([backend_python_session, "-c", _MAKE_MODEL, str(path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

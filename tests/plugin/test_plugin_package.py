@@ -1,12 +1,12 @@
 """Plugin packaging: metadata, icons, palette copy, and no torch/rasterio in QGIS's Python."""
 import configparser
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from qgis.PyQt.QtSvg import QSvgRenderer
+from ..conftest import repo_env
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "skysense_qgis"
@@ -54,7 +54,7 @@ def test_importing_the_whole_plugin_never_imports_torch_or_rasterio():
         "print(len(names), bad)\n"
         "app.exitQgis()\n"
         "sys.exit(1 if bad or len(names) < 20 else 0)\n")
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT))
+    env = repo_env(QT_QPA_PLATFORM="offscreen")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

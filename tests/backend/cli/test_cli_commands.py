@@ -16,12 +16,13 @@ import rasterio
 from rasterio.transform import from_origin
 
 from backend import cli
+from ...conftest import repo_env
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def _run(*args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = repo_env(OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "backend.cli", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -233,7 +234,7 @@ def test_cli_ctrl_c_cancels_and_removes_partial_outputs(tmp_path, tiny_model):
                        tiled=True, blockxsize=256, blockysize=256) as ds:
         ds.write(rng.integers(0, 255, (3, 1024, 1024), dtype=np.uint8))
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = repo_env(OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "landcover", "--hr", str(big), "--model",
                              str(tiny_model), "--output-dir", str(out), "--tile-size", "64", "--overlap", "16",
                              "--batch-size", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -5,7 +5,6 @@ the process: the cases run in a child process, so a crash inside GDAL shows up a
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.transform import from_origin
+
+from ...conftest import repo_env
 
 REPO = Path(__file__).resolve().parents[3]
 CASES_PER_BASE = 200
@@ -110,7 +111,7 @@ def test_fuzz_readers_mutated_geotiffs_read_or_fail_with_input_error(tmp_path):
     for n, base in enumerate(_base_rasters(tmp_path)):
         cases += _mutations(base, tmp_path, CASES_PER_BASE, seed=n)
     run = subprocess.run([sys.executable, "-c", READER, *map(str, cases)], cwd=REPO, capture_output=True,
-                         text=True, timeout=900, env=dict(os.environ, PYTHONPATH=str(REPO), GDAL_PAM_ENABLED="NO"))
+                         text=True, timeout=900, env=repo_env(GDAL_PAM_ENABLED="NO"))
     outcomes = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     crashed_at = cases[len(outcomes)] if len(outcomes) < len(cases) else None
     assert run.returncode == 0 and crashed_at is None, (

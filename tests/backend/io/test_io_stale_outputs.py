@@ -14,6 +14,7 @@ import pytest
 
 from backend.io import atomic
 from backend.io.atomic import AtomicOutputs, remove_stale_temporaries
+from ...conftest import repo_env
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -79,7 +80,7 @@ def test_stale_outputs_killed_writer_is_cleaned_by_the_next_job(tmp_path):
               "print('writing', flush=True)\n"
               "time.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
-                             env=dict(os.environ, PYTHONPATH=str(REPO)), text=True)
+                             env=repo_env(), text=True)
     try:
         assert child.stdout.readline().strip() == "writing"
         left = [p.name for p in tmp_path.iterdir()]

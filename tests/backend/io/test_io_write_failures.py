@@ -21,6 +21,8 @@ from backend.io import readback
 from backend.io.atomic import AtomicOutputs, describe_os_error
 from backend.io.readback import raster_read_back_problem
 
+from ...conftest import repo_env
+
 REPO = Path(__file__).resolve().parents[3]
 posix_only = pytest.mark.skipif(not hasattr(os, "fork"), reason="RLIMIT_FSIZE")
 
@@ -49,7 +51,7 @@ except Exception as exc:
 
 def _write_in_child(limit: int, path: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", WRITER, str(limit), str(path)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                         text=True, timeout=120, env=repo_env())
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -162,7 +164,7 @@ def test_write_failures_landcover_job_under_a_file_size_limit_fails_clearly(tmp_
         return subprocess.run([sys.executable, "-c", code, "landcover", "--hr", str(image), "--model", str(model),
                                "--output-dir", str(out), "--name", "lc", "--device", "cpu", "--no-vectorize"],
                               cwd=REPO, capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+                              env=repo_env(OMP_NUM_THREADS="1"))
 
     done = run(0, tmp_path / "unlimited")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ...conftest import repo_env
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def _start(tmp_path, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = repo_env(OMP_NUM_THREADS="1")
     state = tmp_path / "run" / "state.json"
     proc = subprocess.Popen([sys.executable, "-m", "backend.server", "--port", "0", "--state-file", str(state),
                              "--log-file", str(tmp_path / "server.log"), *extra],
@@ -110,7 +111,7 @@ def test_server_process_refuses_other_hosts(tmp_path, host):
     result = subprocess.run([sys.executable, "-m", "backend.server", "--host", host,
                              "--state-file", str(tmp_path / "s.json")],
                             cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env=repo_env())
     assert result.returncode == 2
     assert "only binds 127.0.0.1" in result.stderr
     assert not (tmp_path / "s.json").exists() and not (tmp_path / "s.token").exists()
