@@ -1,0 +1,23 @@
+"""`make bench` section 4's measuring code, dry-run on the CPU so it cannot rot where CI has no GPU."""
+import math
+
+from benchmarks import run_all
+from benchmarks.models import build_model
+
+
+def test_gpu_case_times_the_loop_and_each_precision_and_compares_labels(tmp_path):
+    rows, figures = run_all._gpu_case(tmp_path, "dry", build_model("dummy"), 300, 128, 2, 128, 1, device="cpu")
+    assert [r[0].split(",")[0] for r in rows] == ["plain loop", "engine", "engine", "engine"]
+    assert [r[0].split(", ")[1] for r in rows[1:]] == ["fp32", "fp16 mixed", "bf16 mixed"]
+    for tag in ("fp32", "fp16", "bf16"):
+        assert figures[f"{tag}_mps"] > 0 and figures[f"{tag}_finite"]
+        # on the CPU the CUDA autocast choice does not apply: every run is fp32, so labels match exactly
+        assert figures[f"{tag}_agreement"] == 1.0
+        assert math.isnan(figures[f"{tag}_peak_mb"])  # GPU memory is only read on a GPU
+    assert figures["loop_fp32_mps"] > 0 and (tmp_path / "dry_loop.tif").exists()
+
+
+def test_gpu_section_says_why_it_is_skipped_without_cuda(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_all.torch.cuda, "is_available", lambda: False)
+    results = {}
+    assert "skipped (no CUDA GPU" in run_all.bench_gpu(tmp_path, 256, results) and results == {}
