@@ -87,12 +87,14 @@ class TorchPredictor:
         self._batch = 0  # batch size of the compiled graph (the first batch's)
         self._batch_compiled = False  # True once the compiled graph has run
         self._eager = self.module
+        self.split_batch = 0  # >0 once a batch ran out of GPU memory: the job goes on in slices of this many tiles
         if compile:
             self.module, self.compiled = compile_module(self.module)
 
     @property
     def precision(self) -> str:
-        return self._precision + (", compiled" if self.compiled else "")
+        return (self._precision + (", compiled" if self.compiled else "")
+                + (f", {self.split_batch} tiles per model call (GPU memory)" if self.split_batch else ""))
 
     @property
     def startup_note(self):
@@ -135,6 +137,27 @@ class TorchPredictor:
                 for t in padded], n
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """Probabilities of one batch. A batch that runs out of GPU memory is retried in halves (down to
+        one tile), and later batches of the job start from that size: a smaller GPU finishes the job
+        instead of failing it. Compiled graphs have one batch shape, so they are not split."""
+        n = inputs[0].shape[0]
+        while True:
+            step = min(n, self.split_batch or n)
+            try:
+                if step == n:
+                    return self._predict(inputs)
+                parts = [self._predict([a[i:i + step] for a in inputs]) for i in range(0, n, step)]
+                return torch.cat(parts) if self.as_tensor else np.concatenate(parts)
+            except torch.cuda.OutOfMemoryError:
+                if step == 1 or self.compiled:
+                    raise
+                self.split_batch = step // 2
+            # outside the except block: the failed batch's tensors are released before the cache is emptied
+            log.warning("out of GPU memory with %d tiles per model call; going on with %d", step, self.split_batch)
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+
+    def _predict(self, inputs: Sequence[np.ndarray]):
         tensors = [self._tensor(a) for a in inputs]
         n = tensors[0].shape[0]
         if self.compiled:

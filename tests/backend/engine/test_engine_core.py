@@ -442,3 +442,45 @@ def test_cuda_autocast_dtype_is_checked_and_applies_to_cuda_only():
     if torch.cuda.is_available():
         assert TorchPredictor(torch.nn.Conv2d(3, 2, 1), device="cuda").precision == "fp16 mixed"
         assert TorchPredictor(torch.nn.Conv2d(3, 2, 1), device="cuda", cuda_dtype="bf16").precision == "bf16 mixed"
+
+
+class _SmallGpu(torch.nn.Module):
+    """A 1x1 convolution that raises CUDA's out-of-memory error for batches above `fits` tiles."""
+
+    def __init__(self, fits: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fits, self.batches = torch.nn.Conv2d(3, 4, 1), fits, []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        if x.shape[0] > self.fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.conv(x)
+
+
+def test_a_batch_out_of_gpu_memory_is_split_and_the_job_goes_on(make_raster, tmp_path, caplog):
+    rng = np.random.default_rng(3)
+    path = make_raster(rng.integers(0, 255, (3, 200, 400)).astype(np.uint8))  # rows of 8 tiles
+    reference = run_inference([EngineInput(path, mean=[128.0] * 3, std=[64.0] * 3)],
+                              TorchPredictor(_SmallGpu(99), device="cpu"), tmp_path / "ref.tif", [1, 2, 3, 4],
+                              tile_size=64, overlap=16, batch_size=8)
+    module = _SmallGpu(fits=2)
+    predictor = TorchPredictor(module, device="cpu", as_tensor=True)
+    with caplog.at_level("WARNING"):
+        result = run_inference([EngineInput(path, mean=[128.0] * 3, std=[64.0] * 3)], predictor,
+                               tmp_path / "split.tif", [1, 2, 3, 4], tile_size=64, overlap=16, batch_size=8)
+    with rasterio.open(reference.path) as a, rasterio.open(result.path) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    # 8 failed, then its first 4 failed, then it ran in 4 slices of 2; later batches start at 2, never fail again
+    assert module.batches[:6] == [8, 4, 2, 2, 2, 2] and max(module.batches[6:]) == 2
+    assert predictor.split_batch == 2 and predictor.precision == "fp32, 2 tiles per model call (GPU memory)"
+    assert "out of GPU memory with 8 tiles" in caplog.text and "going on with 2" in caplog.text
+
+
+def test_a_single_tile_out_of_gpu_memory_is_a_clear_error(make_raster, tmp_path):
+    path = make_raster(np.zeros((3, 100, 100), np.uint8))
+    with pytest.raises(InputError, match="GPU out of memory with tile_size 64 and batch_size 4"):
+        run_inference([EngineInput(path)], TorchPredictor(_SmallGpu(fits=0), device="cpu"), tmp_path / "o.tif",
+                      [1, 2, 3, 4], tile_size=64, overlap=16, batch_size=4)
+    assert not (tmp_path / "o.tif").exists()
