@@ -1,11 +1,12 @@
 """Choosing how a model runs: PyTorch (CUDA with fp16 autocast; CPU in fp32 or bf16 autocast), OpenVINO
 or ONNX Runtime on CPU.
 
-On CPU, "auto" picks the fastest measured option (see `make bench`, sections 1-2). Jobs computing at least
-`ONNX_MIN_MEGAPIXELS` (tiles x tile area) pay for an ONNX export (several seconds, cached by model-file
-hash and tile size): they run with OpenVINO where it is installed (bf16 on CPUs that do bf16 in hardware,
-else fp32; the fastest runtime measured), else ONNX Runtime on CPUs without hardware bf16. Smaller jobs,
-and the fallbacks, run PyTorch: bf16 autocast on CPUs with AVX512-BF16 / AMX (~1.2x fp32 inside the
+On CPU, "auto" picks the fastest measured option (see `make bench`, sections 1-2). OpenVINO (where it is
+installed; bf16 on CPUs that do bf16 in hardware, else fp32) is the fastest runtime measured, but it needs
+an ONNX export (several seconds, cached by model-file hash and tile size) and a compile: a job runs with it
+from `OPENVINO_MIN_MEGAPIXELS` of work (tiles x tile area), a threshold that falls as less of that start-up
+is left to pay. Without OpenVINO, jobs of `ONNX_MIN_MEGAPIXELS` run ONNX Runtime on CPUs without hardware
+bf16. Smaller jobs, and the fallbacks, run PyTorch: bf16 autocast on CPUs with AVX512-BF16 / AMX (~1.2x fp32 inside the
 engine, label agreement with fp32 ~99 %), fp32 elsewhere.
 """
 from __future__ import annotations
@@ -22,25 +23,48 @@ from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_ava
 from backend.inference.predictors import (OnnxRuntimePredictor, TorchPredictor, cache_root, cpu_has_native_bf16,
                                          resolve_device)
 
-__all__ = ["RUNTIMES", "make_predictor", "openvino_for_big_cpu_job", "load_task_predictor", "onnx_cache_dir",
-           "ONNX_MIN_MEGAPIXELS"]
+__all__ = ["RUNTIMES", "make_predictor", "openvino_for_big_cpu_job", "openvino_ready", "load_task_predictor",
+           "onnx_cache_dir", "openvino_cache_dir", "ONNX_MIN_MEGAPIXELS", "OPENVINO_MIN_MEGAPIXELS"]
 
 log = logging.getLogger(__name__)
 # new runtimes go last: the Processing RUNTIME parameter stores the index
 RUNTIMES = ("auto", "torch", "onnx", "compile", "openvino")
 ONNX_MIN_MEGAPIXELS = 40.0  # ~40 s of eager CPU time for the tiny model: a ~10 % gain then repays the ~5 s export
+# Work (MP) from which "auto" runs a CPU job with OpenVINO, by what the job finds ready: the compiled model
+# held from the previous job (nothing to pay), the ONNX export cached on disk (a compile: 0.8 s from
+# OpenVINO's own cache, 1.6-3.5 s without), or nothing (export and compile). OpenVINO bf16 saved 0.13 s
+# per MP of work over PyTorch bf16 in the engine (2048², tile 512) and nothing at 1024² (2.4 MP).
+OPENVINO_MIN_MEGAPIXELS = {"compiled": 4.0, "exported": 10.0, "nothing": ONNX_MIN_MEGAPIXELS}
 
 
 def onnx_cache_dir() -> Path:
     return Path(cache_root()) / "onnx"
 
 
+def openvino_cache_dir() -> Path:
+    """OpenVINO's own cache of compiled models (for exports that last), so a later job compiles faster."""
+    return Path(cache_root()) / "openvino"
+
+
+_DIGESTS: Dict[tuple, str] = {}  # (path, size, mtime) -> digest: a multi-GB model file is hashed once
+
+
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:20]
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()[:20]
+    return _DIGESTS[key]
+
+
+def _cached_onnx_path(model_path: Path, tile_size: int) -> Path:
+    import onnxruntime
+
+    return onnx_cache_dir() / f"{_file_digest(Path(model_path))}_t{tile_size}_ort{onnxruntime.__version__}.onnx"
 
 
 @contextlib.contextmanager
@@ -48,11 +72,9 @@ def _exported_onnx(model, model_path: Optional[Path], tile_size: int) -> Iterato
     """(ONNX file of the model, whether it is the lasting cached one): cached by model-file hash and tile
     size, else (an in-memory model) a temporary file removed on exit, once the runtime has read it."""
     from models.onnx_export import export_onnx
-    import onnxruntime
 
     if model_path is not None and Path(model_path).is_file():
-        key = f"{_file_digest(Path(model_path))}_t{tile_size}_ort{onnxruntime.__version__}"
-        onnx_path = onnx_cache_dir() / f"{key}.onnx"
+        onnx_path = _cached_onnx_path(Path(model_path), tile_size)
         if not onnx_path.exists():
             export_onnx(model, onnx_path, tile_size=tile_size)
         yield onnx_path, True
@@ -72,19 +94,38 @@ def _onnx_predictor(model, model_path: Optional[Path], tile_size: int) -> OnnxRu
 _LAST_OPENVINO: Dict[tuple, OpenVinoPredictor] = {}
 
 
-def _openvino_predictor(model, model_path: Optional[Path], tile_size: int, amp: bool,
-                        fallback: Optional[Callable] = None) -> OpenVinoPredictor:
+def _openvino_precision(amp: bool) -> str:
+    return "bf16" if amp and cpu_has_native_bf16() else "fp32"  # emulated bf16 would be slower
+
+
+def _openvino_key(onnx_path: Path, precision: str) -> tuple:
     import torch
 
-    precision = "bf16" if amp and cpu_has_native_bf16() else "fp32"  # emulated bf16 would be slower
+    stat = onnx_path.stat()
+    return (str(onnx_path), stat.st_size, stat.st_mtime_ns, precision, torch.get_num_threads())
+
+
+def openvino_ready(model_path, tile_size: int, amp: bool = True) -> str:
+    """What a CPU job with this model file and tile size finds ready for OpenVINO: "compiled" (the
+    previous job's compiled model is held), "exported" (the ONNX export is cached) or "nothing"."""
+    if model_path is None or not Path(model_path).is_file():
+        return "nothing"
+    onnx_path = _cached_onnx_path(Path(model_path), tile_size)
+    if not onnx_path.is_file():
+        return "nothing"
+    return "compiled" if _openvino_key(onnx_path, _openvino_precision(amp)) in _LAST_OPENVINO else "exported"
+
+
+def _openvino_predictor(model, model_path: Optional[Path], tile_size: int, amp: bool,
+                        fallback: Optional[Callable] = None) -> OpenVinoPredictor:
+    precision = _openvino_precision(amp)
     with _exported_onnx(model, model_path, tile_size) as (path, lasting):
         if not lasting:
             return OpenVinoPredictor(path, precision=precision, fallback=fallback)
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns, precision, torch.get_num_threads())
+        key = _openvino_key(path, precision)
         predictor = _LAST_OPENVINO.get(key)
         if predictor is None:
-            predictor = OpenVinoPredictor(path, precision=precision)
+            predictor = OpenVinoPredictor(path, precision=precision, cache_dir=openvino_cache_dir())
             _LAST_OPENVINO.clear()
             _LAST_OPENVINO[key] = predictor
         predictor.start_job(fallback)
@@ -93,11 +134,13 @@ def _openvino_predictor(model, model_path: Optional[Path], tile_size: int, amp: 
 
 def openvino_for_big_cpu_job(model, *, device: str, model_path=None, tile_size: int, expected_tiles: int,
                              amp: bool = True) -> Optional[OpenVinoPredictor]:
-    """The OpenVINO predictor runtime "auto" uses for a CPU job of at least ONNX_MIN_MEGAPIXELS where openvino
-    is installed, else None (a GPU, a small job, no openvino, or an export/compile failure, logged)."""
-    if resolve_device(device) != "cpu" or expected_tiles * tile_size * tile_size / 1e6 < ONNX_MIN_MEGAPIXELS:
+    """The OpenVINO predictor runtime "auto" uses for a CPU job big enough to repay OpenVINO's start-up
+    (OPENVINO_MIN_MEGAPIXELS, by what openvino_ready finds) where openvino is installed, else None (a
+    GPU, a small job, no openvino, or an export/compile failure, logged)."""
+    work = expected_tiles * tile_size * tile_size / 1e6
+    if resolve_device(device) != "cpu" or work < min(OPENVINO_MIN_MEGAPIXELS.values()):
         return None
-    if not openvino_available():
+    if not openvino_available() or work < OPENVINO_MIN_MEGAPIXELS[openvino_ready(model_path, tile_size, amp)]:
         return None
     def pytorch():  # what auto would have run otherwise, should OpenVINO fail to compile the model mid-job
         return TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=amp and cpu_has_native_bf16())
@@ -117,9 +160,10 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     Runtime on CPU; error if it cannot be exported), "openvino" (OpenVINO on CPU, bf16 where the CPU has
     native bf16 and `amp`, else fp32; error if openvino is missing or the export fails), "compile"
     (PyTorch through torch.compile, with auto's precision: fp16 on CUDA, bf16 on CPUs with native bf16,
-    else fp32; uncompiled where compiling fails), or "auto": PyTorch on CUDA; on CPU, for jobs computing
-    at least ONNX_MIN_MEGAPIXELS (expected_tiles x tile_size²), OpenVINO where installed, else ONNX
-    Runtime on CPUs without native bf16; otherwise (or where those fail) PyTorch, with bf16 autocast where
+    else fp32; uncompiled where compiling fails), or "auto": PyTorch on CUDA; on CPU, OpenVINO for jobs
+    computing at least OPENVINO_MIN_MEGAPIXELS (expected_tiles x tile_size²; 40, 10 or 4 MP by what is
+    ready, see openvino_ready) where installed, else ONNX Runtime for jobs of ONNX_MIN_MEGAPIXELS on CPUs
+    without native bf16; otherwise (or where those fail) PyTorch, with bf16 autocast where
     the CPU has native bf16 (and `amp`), else fp32.
     """
     runtime = (runtime or "auto").lower()

@@ -212,7 +212,8 @@ def test_big_cpu_change_jobs_run_with_openvino_like_land_cover(data_dir, tmp_pat
     params = {"pre": str(levir / "A" / f"{name}.png"), "post": str(levir / "B" / f"{name}.png"), "device": "cpu",
               "vectorize": False}
     run_change({**params, "output_dir": str(tmp_path / "torch"), "name": "levir"})
-    monkeypatch.setattr(runtime, "ONNX_MIN_MEGAPIXELS", 0.1)  # 256² x 2 orders = 0.13 MP
+    # 256² x 2 orders = 0.13 MP: counts as a big job, whatever is ready
+    monkeypatch.setattr(runtime, "OPENVINO_MIN_MEGAPIXELS", dict.fromkeys(runtime.OPENVINO_MIN_MEGAPIXELS, 0.1))
     messages = []
     result = run_change({**params, "output_dir": str(tmp_path / "ov"), "name": "levir"},
                         Progress(callback=lambda fraction, message: messages.append(message)))

@@ -182,7 +182,8 @@ def test_a_model_openvino_cannot_compile_falls_back_under_auto_and_is_named_othe
         raise RuntimeError("Exception from src/plugins/intel_cpu: unsupported operation Foo")
     monkeypatch.setattr(openvino.Core, "compile_model", refuse)
     monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(runtime, "ONNX_MIN_MEGAPIXELS", 0.001)  # this small scene counts as a big job
+    # this small scene counts as a big job, whatever is ready
+    monkeypatch.setattr(runtime, "OPENVINO_MIN_MEGAPIXELS", dict.fromkeys(runtime.OPENVINO_MIN_MEGAPIXELS, 0.001))
     with caplog.at_level(logging.WARNING):
         auto = landcover.run(_params(scene, exported_landcover["pth"], tmp_path / "auto", name="auto"))
     assert "OpenVINO could not compile" in caplog.text and "continues with the fallback runtime" in caplog.text
@@ -216,3 +217,39 @@ def test_the_engine_batches_as_the_predictor_prefers_unless_told(scene, tmp_path
     seen.clear()
     run_inference([EngineInput(scene)], stub, tmp_path / "told.tif", [1, 2], tile_size=64, overlap=16, batch_size=1)
     assert set(seen) == {1}
+
+
+def test_auto_needs_less_work_for_openvino_the_more_of_its_start_up_is_ready(monkeypatch, tmp_path, model, tiles):
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
+    model_path = tmp_path / "weights.bin"
+    model_path.write_bytes(b"stand-in for a model file")
+    thresholds = runtime.OPENVINO_MIN_MEGAPIXELS
+    assert thresholds["compiled"] < thresholds["exported"] < thresholds["nothing"]
+
+    def job(megapixels):  # tiles of 64 px
+        return runtime.make_predictor(model, device="cpu", tile_size=64, model_path=model_path,
+                                      expected_tiles=int(megapixels * 1e6 / 64 ** 2) + 1)
+
+    assert runtime.openvino_ready(model_path, 64) == "nothing"
+    assert isinstance(job(thresholds["nothing"] * 0.9), TorchPredictor)
+    assert not (tmp_path / "cache" / "onnx").exists()  # a job too small to repay it exports nothing
+
+    chosen = runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64, model_path=model_path)
+    chosen([tiles[:1]])  # compiles, and OpenVINO caches the compiled model
+    assert runtime.openvino_ready(model_path, 64) == "compiled"
+    assert job(thresholds["compiled"] * 1.1) is chosen  # the held model: nothing left to pay
+    assert isinstance(job(thresholds["compiled"] * 0.9), TorchPredictor)
+    assert runtime.openvino_ready(model_path, 64, amp=False) == "compiled"  # no bf16 here: the same fp32 model
+
+    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})  # e.g. after a restart: the export is still on disk
+    assert runtime.openvino_ready(model_path, 64) == "exported"
+    assert isinstance(job(thresholds["exported"] * 0.9), TorchPredictor)
+    again = job(thresholds["exported"] * 1.1)
+    assert isinstance(again, OpenVinoPredictor) and again is not chosen
+    assert any((tmp_path / "cache" / "openvino").iterdir())  # compiled models kept for the next compile
+    np.testing.assert_allclose(again([tiles[:1]]), chosen([tiles[:1]]), atol=1e-5)
+
+    model_path.write_bytes(b"another model in the same file")  # a changed file is hashed again
+    assert runtime.openvino_ready(model_path, 64) == "nothing"
