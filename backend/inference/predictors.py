@@ -157,16 +157,26 @@ class TorchPredictor:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
 
+    def _forward(self, tensors: list) -> torch.Tensor:
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        autocast = torch.autocast(device_type, dtype=self.amp_dtype) if self.amp else nullcontext()
+        with torch.inference_mode(), autocast:
+            return self._run(tensors)
+
     def _predict(self, inputs: Sequence[np.ndarray]):
         tensors = [self._tensor(a) for a in inputs]
         n = tensors[0].shape[0]
         if self.compiled:
             tensors, n = self._pad_batch(tensors)
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        autocast = torch.autocast(device_type, dtype=self.amp_dtype) if self.amp else nullcontext()
-        with torch.inference_mode(), autocast:
-            out = self._run(tensors)
-        out = out[:n].float()
+        out = self._forward(tensors)[:n].float()
+        if self.amp and not bool(torch.isfinite(out).all()):
+            # fp16 overflows where a model's activations exceed 65504 (large models, some trained weights):
+            # the labels would be garbage, so this batch and the rest of the job run in fp32
+            log.warning("the model gave non-finite values in %s; running the rest of the job in fp32",
+                        self._precision)
+            self.amp, self.amp_dtype = False, None
+            self._precision = f"fp32 (non-finite in {self._precision})"
+            out = self._forward(tensors)[:n].float()
         if self.outputs == "logits":
             out = torch.softmax(out, dim=1)
         return out if self.as_tensor else out.cpu().numpy()

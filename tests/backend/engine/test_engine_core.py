@@ -484,3 +484,36 @@ def test_a_single_tile_out_of_gpu_memory_is_a_clear_error(make_raster, tmp_path)
         run_inference([EngineInput(path)], TorchPredictor(_SmallGpu(fits=0), device="cpu"), tmp_path / "o.tif",
                       [1, 2, 3, 4], tile_size=64, overlap=16, batch_size=4)
     assert not (tmp_path / "o.tif").exists()
+
+
+class _Overflows(torch.nn.Module):
+    """Stands for a model whose activations overflow in reduced precision: NaN logits under autocast."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.dtypes = torch.nn.Conv2d(3, 4, 1), []
+
+    def forward(self, x):
+        y = self.conv(x)
+        self.dtypes.append(y.dtype)
+        return y * float("nan") if y.dtype != torch.float32 else y
+
+
+def test_non_finite_mixed_precision_output_is_recomputed_and_the_job_goes_on_in_fp32(make_raster, tmp_path, caplog):
+    path = make_raster(np.random.default_rng(5).integers(0, 255, (3, 150, 150)).astype(np.uint8))
+    norm = dict(mean=[128.0] * 3, std=[64.0] * 3)
+    reference = run_inference([EngineInput(path, **norm)], TorchPredictor(_Overflows(), device="cpu"),
+                              tmp_path / "fp32.tif", [1, 2, 3, 4], tile_size=64, overlap=16, batch_size=2)
+    module = _Overflows()
+    predictor = TorchPredictor(module, device="cpu", cpu_bf16=True, as_tensor=True)
+    assert predictor.precision == "bf16 mixed"
+    with caplog.at_level("WARNING"):
+        result = run_inference([EngineInput(path, **norm)], predictor, tmp_path / "mixed.tif", [1, 2, 3, 4],
+                               tile_size=64, overlap=16, batch_size=2)
+    with rasterio.open(reference.path) as a, rasterio.open(result.path) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    # the first batch ran in bf16, gave NaN, ran again in fp32; every later batch went straight to fp32
+    assert module.dtypes[:2] == [torch.bfloat16, torch.float32] and set(module.dtypes[2:]) == {torch.float32}
+    assert predictor.precision == "fp32 (non-finite in bf16 mixed)"
+    assert "non-finite values in bf16 mixed" in caplog.text
