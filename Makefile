@@ -14,12 +14,13 @@ export GDAL_PAM_ENABLED := NO
 export OMP_NUM_THREADS ?= 2
 QGIS_ENV := QT_QPA_PLATFORM=offscreen QGIS_PREFIX_PATH=/usr XDG_RUNTIME_DIR=/tmp/runtime-$(shell id -un)
 
-.PHONY: help setup setup-backend setup-plugin demo test test-backend test-plugin bench eval screenshot train-default clean
+.PHONY: help setup setup-backend setup-plugin demo test test-backend test-plugin bench gpu-check eval screenshot train-default clean
 
 help:
 	@echo "make demo   - set up, then map land cover on real LoveDA imagery (styled outputs in demo_output/)"
 	@echo "make test   - set up, then run every test (backend, models, QGIS plugin)"
 	@echo "make bench  - throughput and memory benchmarks"
+	@echo "make gpu-check - on a CUDA GPU: GPU benchmarks and the GPU-vs-CPU tests"
 	@echo "make eval   - accuracy tables on the real samples"
 	@echo "make screenshot - real QGIS desktop under Xvfb, screenshot in docs/"
 
@@ -58,6 +59,9 @@ test-plugin: setup
 
 bench: setup-backend
 	$(BPY) -m benchmarks.run_all
+
+gpu-check: setup-backend
+	bash scripts/gpu_check.sh $(abspath $(BPY))
 
 eval: setup-backend
 	$(BPY) -m backend.evaluate --data $(DATA)

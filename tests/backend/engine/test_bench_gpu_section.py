@@ -21,3 +21,13 @@ def test_gpu_section_says_why_it_is_skipped_without_cuda(tmp_path, monkeypatch):
     monkeypatch.setattr(run_all.torch.cuda, "is_available", lambda: False)
     results = {}
     assert "skipped (no CUDA GPU" in run_all.bench_gpu(tmp_path, 256, results) and results == {}
+
+
+def test_gpu_check_says_there_is_nothing_to_check_without_a_gpu(repo_root):
+    import subprocess
+    import sys
+
+    from ...conftest import repo_env
+    run = subprocess.run(["bash", str(repo_root / "scripts" / "gpu_check.sh"), sys.executable], capture_output=True,
+                         text=True, timeout=120, env=repo_env(CUDA_VISIBLE_DEVICES=""))
+    assert run.returncode == 2 and "no CUDA GPU visible to torch" in run.stderr, run.stderr[-500:]
