@@ -53,8 +53,8 @@ CUDA_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 class TorchPredictor:
     """Runs an nn.Module under inference_mode, with autocast mixed precision where asked: on CUDA
-    (`amp`, default on) in `cuda_dtype` ("fp16" or "bf16"), bfloat16 on the CPU (`cpu_bf16`, default off; worth it on CPUs with
-    cpu_has_native_bf16()). fp32 otherwise; the same code path either way. The module returns logits
+    (`amp`, default on) in `cuda_dtype` ("fp16" or "bf16"), bfloat16 on the CPU (`cpu_bf16`, default
+    off; worth it on CPUs with cpu_has_native_bf16()). fp32 otherwise; the same code path either way. The module returns logits
     (or probabilities with outputs='probs'); the engine always receives probabilities in float32.
 
     compile=True runs the module through torch.compile (compile_module): slow the first time for a
@@ -87,7 +87,7 @@ class TorchPredictor:
         self._batch = 0  # batch size of the compiled graph (the first batch's)
         self._batch_compiled = False  # True once the compiled graph has run
         self._eager = self.module
-        self.split_batch = 0  # >0 once a batch ran out of GPU memory: the job goes on in slices of this many tiles
+        self.split_batch = 0  # >0 once a batch ran out of GPU memory: the job goes on in slices this big
         if compile:
             self.module, self.compiled = compile_module(self.module)
 
