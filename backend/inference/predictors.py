@@ -54,8 +54,9 @@ CUDA_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 class TorchPredictor:
     """Runs an nn.Module under inference_mode, with autocast mixed precision where asked: on CUDA
     (`amp`, default on) in `cuda_dtype` ("fp16" or "bf16"), bfloat16 on the CPU (`cpu_bf16`, default
-    off; worth it on CPUs with cpu_has_native_bf16()). fp32 otherwise; the same code path either way. The module returns logits
-    (or probabilities with outputs='probs'); the engine always receives probabilities in float32.
+    off; worth it on CPUs with cpu_has_native_bf16()). fp32 otherwise; the same code path either way.
+    The module returns logits (or probabilities with outputs='probs'); the engine always receives
+    probabilities in float32.
 
     compile=True runs the module through torch.compile (compile_module): slow the first time for a
     model and tile shape, faster per tile after; batches smaller than the first one are padded to its
