@@ -63,8 +63,11 @@ class OpenVinoPredictor:
         self.precision = f"{'bf16' if bf16 else 'fp32'}, OpenVINO"
         self._core = ov.Core()
         if cache_dir is not None:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            self._core.set_property({"CACHE_DIR": str(cache_dir)})
+            try:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                self._core.set_property({"CACHE_DIR": str(cache_dir)})
+            except (OSError, RuntimeError) as exc:  # a read-only cache only costs compile time
+                log.warning("OpenVINO model cache %s unusable (%s); compiling without it", cache_dir, exc)
         try:
             self._model = self._core.read_model(str(self.path))
         except Exception as exc:

@@ -253,3 +253,13 @@ def test_auto_needs_less_work_for_openvino_the_more_of_its_start_up_is_ready(mon
 
     model_path.write_bytes(b"another model in the same file")  # a changed file is hashed again
     assert runtime.openvino_ready(model_path, 64) == "nothing"
+
+
+def test_an_unusable_compiled_model_cache_only_costs_compile_time(exported_landcover, tmp_path, tiles, caplog):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING):
+        predictor = OpenVinoPredictor(exported_landcover["onnx"], precision="fp32", cache_dir=blocker / "openvino")
+    assert "OpenVINO model cache" in caplog.text and "compiling without it" in caplog.text
+    reference = OpenVinoPredictor(exported_landcover["onnx"], precision="fp32")
+    np.testing.assert_allclose(predictor([tiles]), reference([tiles]), atol=1e-6)
