@@ -1,8 +1,8 @@
 """The CUDA path on a real GPU: the same jobs as on the CPU, compared with the CPU's results.
 
-Skipped where torch sees no CUDA GPU (CI); run wherever one is present (the device checks in
-docs/benchmarks.md). Real data: LoveDA tiles with the committed land-cover model, a LEVIR pair with
-the committed change model.
+Skipped where torch sees no CUDA GPU (CI); `make gpu-check` runs them wherever one is present. Real
+data: LoveDA tiles with the committed land-cover model, a LEVIR pair with the committed change model,
+a Joplin pair with its building footprints.
 """
 import numpy as np
 import pytest
@@ -124,3 +124,24 @@ def test_finetune_on_the_gpu_writes_a_model_that_loads_and_maps_on_the_cpu(loved
     probs = predictor([((np.full((1, 3, 64, 64), 120.0) - np.array(norm["mean"])[:, None, None])
                         / np.array(norm["std"])[:, None, None]).astype(np.float32)])
     assert probs.shape == (1, len(result["classes"]), 64, 64) and np.isfinite(probs).all()
+
+
+def test_damage_job_on_the_gpu_classes_the_joplin_buildings_as_the_cpu_does(data_dir, tmp_path):
+    import fiona
+
+    from backend.pipelines.damage import run_damage
+    from ..change.test_change_pipeline import JOPLIN_AOI
+
+    joplin = data_dir / "joplin"
+    params = {"pre": str(joplin / "pre" / "tile_337-9136.tif"), "post": str(joplin / "post" / "tile_31500-5137.tif"),
+              "buildings": str(joplin / "buildings.geojson"), "aoi": JOPLIN_AOI, "name": "damage"}
+    classes = {}
+    for device in ("cpu", "cuda"):
+        result = run_damage({**params, "device": device, "output_dir": str(tmp_path / device)})
+        if device == "cuda":
+            assert result["metrics"]["precision"].startswith("fp16 mixed")
+        with fiona.open(next(o for o in result["outputs"] if o["role"] == "buildings")["path"]) as layer:
+            classes[device] = {f.properties["source_id"]: f.properties["damage"] for f in layer}
+    assert classes["cpu"].keys() == classes["cuda"].keys() and len(classes["cpu"]) >= 10
+    same = float(np.mean([classes["cpu"][k] == classes["cuda"][k] for k in classes["cpu"]]))
+    assert same >= 0.9, f"only {same:.2f} of the buildings get the same damage class on the GPU"
