@@ -60,13 +60,16 @@ def landcover_params(hr: QgsRasterLayer, output_dir: str, name: str, *, bands: S
                      s2=(), s1=(), model: Optional[str] = None, tile_size: int = 512, overlap: int = 64,
                      batch_size: int = 0, device: str = "auto", aoi: Optional[dict] = None,
                      vectorize: bool = True, min_area: float = 0.0, simplify: float = 0.0,
-                     runtime: str = "auto") -> dict:
+                     runtime: str = "auto", tta: bool = False) -> dict:
     hr_path = raster_path(hr)  # refuses non-file layers before anything else is checked
     if hr.bandCount() < max(bands):
         raise LayerSourceError(f"Layer '{hr.name()}' has {hr.bandCount()} band(s); the model reads bands "
                                f"{list(bands)}.")
     if overlap * 2 >= tile_size:
         raise LayerSourceError(f"Overlap {overlap} is too large for tiles of {tile_size} pixels.")
+    if tta and (s2 or s1):
+        raise LayerSourceError("Averaging over flips applies to high-resolution maps only: remove the "
+                               "Sentinel-2/-1 layers or untick it.")
     return {
         "hr": [{"path": hr_path, "bands": list(bands)}],
         "s2": dated_stack(s2, "Sentinel-2"),
@@ -77,6 +80,7 @@ def landcover_params(hr: QgsRasterLayer, output_dir: str, name: str, *, bands: S
         "tile_size": int(tile_size), "overlap": int(overlap), "batch_size": int(batch_size),
         "device": _device(device), "runtime": _runtime(runtime), "aoi": aoi,
         "vectorize": bool(vectorize), "min_area": float(min_area), "simplify": float(simplify),
+        "tta": bool(tta),
     }
 
 

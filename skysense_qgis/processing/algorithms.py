@@ -88,6 +88,10 @@ class LandcoverAlgorithm(SkySenseAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             "AOI", "Area of interest (polygons)", [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterBoolean("VECTORIZE", "Also write polygons", True))
+        tta = QgsProcessingParameterBoolean("TTA", "Average over flips (test-time augmentation, about 2-3x the "
+                                            "time; high-resolution maps only)", False)
+        tta.setFlags(tta.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(tta)
         self.addParameter(_folder_param())
         self.addOutput(QgsProcessingOutputRasterLayer("CLASSES", "Land-cover classes"))
         self.addOutput(QgsProcessingOutputVectorLayer("POLYGONS", "Land-cover polygons"))
@@ -111,7 +115,8 @@ class LandcoverAlgorithm(SkySenseAlgorithm):
             device=DEVICE_OPTIONS[self.parameterAsEnum(parameters, "DEVICE", context)],
             runtime=job_params.RUNTIMES[self.parameterAsEnum(parameters, "RUNTIME", context)],
             aoi=aoi_from_source(self, parameters, "AOI", context),
-            vectorize=self.parameterAsBool(parameters, "VECTORIZE", context)))
+            vectorize=self.parameterAsBool(parameters, "VECTORIZE", context),
+            tta=self.parameterAsBool(parameters, "TTA", context)))
         result = self.run_backend_job(params, feedback)
         paths = self.load_outputs(result, context, name)
         return {"CLASSES": paths.get("classes"), "POLYGONS": paths.get("polygons"), "OUTPUT_FOLDER": folder}

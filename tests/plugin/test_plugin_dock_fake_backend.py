@@ -368,6 +368,15 @@ def test_batch_size_defaults_to_auto_and_is_sent_as_zero(plugin, fake_backend, l
     page.batch_size.setValue(0)
 
 
+def test_averaging_over_flips_is_off_by_default_and_sent_when_ticked(plugin, loveda_crop, tmp_path):
+    page = plugin.dock.landcover
+    page.hr_layer.setLayer(_add_raster(loveda_crop, "hr"))
+    assert not page.tta.isChecked() and page.params(str(tmp_path), "lc")["tta"] is False
+    page.tta.setChecked(True)
+    assert page.params(str(tmp_path), "lc")["tta"] is True
+    page.tta.setChecked(False)
+
+
 def test_processing_landcover_runtime_is_an_advanced_choice_sent_to_the_backend(plugin, fake_backend, loveda_crop,
                                                                               tmp_path, qgis_processing):
     import processing
@@ -380,9 +389,11 @@ def test_processing_landcover_runtime_is_an_advanced_choice_sent_to_the_backend(
     layer = _add_raster(loveda_crop, "hr")
     args = {"INPUT": layer, "BANDS": [1, 2, 3], "TILE_SIZE": 256, "OVERLAP": 32, "DEVICE": 1, "VECTORIZE": False,
             "OUTPUT_FOLDER": str(tmp_path / "proc")}
+    tta = alg.parameterDefinition("TTA")
+    assert tta.defaultValue() is False and tta.flags() & QgsProcessingParameterDefinition.FlagAdvanced
     processing.run("skysense:landcover", {**args, "RUNTIME": 3})
-    processing.run("skysense:landcover", {**args, "RUNTIME": 4})
+    processing.run("skysense:landcover", {**args, "RUNTIME": 4, "TTA": True})
     processing.run("skysense:landcover", args)
-    sent = [body["params"]["runtime"] for path, body in fake_backend.requests
+    sent = [(body["params"]["runtime"], body["params"]["tta"]) for path, body in fake_backend.requests
             if path == "/jobs" and body["kind"] == "landcover"]
-    assert sent == ["compile", "openvino", "auto"]
+    assert sent == [("compile", False), ("openvino", True), ("auto", False)]

@@ -87,8 +87,11 @@ def test_landcover_params_follow_the_api(loveda_crop, tmp_path):
     assert params["hr"] == [{"path": str(loveda_crop), "bands": [1, 2, 3]}]
     assert params["s2"] == [{"path": str(loveda_crop), "bands": None, "date": "2023-06-01"}]
     assert (tmp_path / "out").is_dir() and params["output_dir"] == str(tmp_path / "out")
-    assert params["runtime"] == "auto"
+    assert params["runtime"] == "auto" and params["tta"] is False
     assert job_params.landcover_params(hr, str(tmp_path), "x", runtime="onnx")["runtime"] == "onnx"
+    assert job_params.landcover_params(hr, str(tmp_path), "x", tta=True)["tta"] is True
+    with pytest.raises(LayerSourceError, match="high-resolution maps only"):
+        job_params.landcover_params(hr, str(tmp_path), "x", s2=[(s2, None)], tta=True)
     with pytest.raises(LayerSourceError, match="Unknown runtime 'tensorrt'"):
         job_params.landcover_params(hr, str(tmp_path), "x", runtime="tensorrt")
     with pytest.raises(LayerSourceError, match="Overlap 200 is too large"):
