@@ -91,6 +91,8 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
     "tta": true (average with horizontally and vertically flipped predictions; 3x the compute).
     """
     progress = progress or Progress()
+    if params.get("tta") and (params.get("s2") or params.get("s1")):
+        raise InputError("tta (averaging over flips) applies to high-resolution maps only, not with s2/s1 series")
     if params.get("s2") or params.get("s1"):
         from backend.pipelines.temporal import run_temporal_landcover
         return run_temporal_landcover(params, progress)

@@ -71,6 +71,9 @@ def test_land_cover_pipeline_hands_series_to_the_temporal_pipeline(s2_scene, tem
 
     result = run_landcover(_params(s2_scene, temporal_model_file, tmp_path / "lc"))
     assert result["metrics"]["series"]["s2"]["used"] == 2
+    with pytest.raises(InputError, match="high-resolution maps only"):
+        run_landcover(_params(s2_scene, temporal_model_file, tmp_path / "tta", tta=True))
+    assert not (tmp_path / "tta").exists()
 
 
 def test_sentinel1_series_with_aoi(s2_scene, temporal_model_file, tmp_path):
