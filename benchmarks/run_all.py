@@ -33,7 +33,8 @@ import torch
 
 from backend.inference.engine import EngineInput, run_inference
 from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_available
-from backend.inference.predictors import OnnxRuntimePredictor, TorchPredictor, cpu_has_native_bf16
+from backend.inference.predictors import (OnnxRuntimePredictor, TorchPredictor, cpu_has_native_bf16,
+                                         inductor_cache_dir)
 from backend.io.tiling import plan_tiles
 from benchmarks.baseline_loop import _starts, plain_tile_loop
 from benchmarks.models import DEFAULT_MODEL, build_model
@@ -437,8 +438,9 @@ GPU_PRECISIONS = (("fp32", dict(amp=False)), ("fp16 mixed", dict(amp=True, cuda_
 
 
 def _gpu_case(tmp: Path, key: str, model: torch.nn.Module, size: int, tile: int, batch: int,
-              loop_tile: int, repeat: int, device: str = "cuda") -> tuple:
-    """One model on the GPU: a plain batch-of-one fp32 loop, then the engine in each precision.
+              loop_tile: int, repeat: int, device: str = "cuda", compiled: bool = False) -> tuple:
+    """One model on the GPU: a plain batch-of-one fp32 loop, then the engine in each precision, and with
+    `compiled` also fp16 through torch.compile (its warm-up run, which compiles, is reported apart).
     Returns (table rows, figures); each run is timed best of `repeat` after one warm-up run.
     (device="cpu" only dry-runs this code where there is no GPU.)"""
     on_cuda = device.startswith("cuda")
@@ -450,7 +452,9 @@ def _gpu_case(tmp: Path, key: str, model: torch.nn.Module, size: int, tile: int,
     rows, figures = [], {}
 
     def measure(name, run):
-        run()  # warm-up: cuDNN autotuning, allocator growth, lazy CUDA module loading
+        start = time.perf_counter()
+        run()  # warm-up: cuDNN autotuning, allocator growth, lazy CUDA module loading (and compiling)
+        figures[f"{name}_first_run_s"] = time.perf_counter() - start
         if on_cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -463,8 +467,10 @@ def _gpu_case(tmp: Path, key: str, model: torch.nn.Module, size: int, tile: int,
     figures["loop_fp32_mps"] = mp / loop_secs
     rows.append([f"plain loop, fp32, tile {loop_tile}, batch 1", f"{loop_secs:.2f}", f"{mp / loop_secs:.1f}",
                  "1.00x", f"{loop_mem:,.0f}", "-"])
-    for label, options in GPU_PRECISIONS:
-        tag = label.split()[0]
+    runs = GPU_PRECISIONS + ((("fp16 mixed, compiled", dict(amp=True, cuda_dtype="fp16", compile=True)),)
+                             if compiled else ())
+    for label, options in runs:
+        tag = label.split()[0] + ("_compiled" if options.get("compile") else "")
         predictor = TorchPredictor(model, device=device, as_tensor=True, **options)
         out = tmp / f"{key}_{tag}.tif"
         secs, mem = measure(tag, lambda: run_inference([EngineInput(raster, **NORM)], predictor, out, CLASSES,
@@ -475,6 +481,8 @@ def _gpu_case(tmp: Path, key: str, model: torch.nn.Module, size: int, tile: int,
         finite = bool(torch.isfinite(probe).all()) and "non-finite" not in predictor.precision
         figures[f"{tag}_mps"], figures[f"{tag}_agreement"], figures[f"{tag}_finite"] = mp / secs, agree, finite
         figures[f"{tag}_peak_mb"] = mem
+        if options.get("compile") and not predictor.compiled:
+            label += " (compiling failed: ran eager)"
         rows.append([f"engine, {label}, tile {tile}, batch {batch}", f"{secs:.2f}", f"{mp / secs:.1f}",
                      f"{loop_secs / secs:.2f}x", f"{mem:,.0f}", f"{agree:.4f}" + ("" if finite else " (non-finite!)")])
     return rows, figures
@@ -505,9 +513,14 @@ def bench_gpu(tmp: Path, size: int, results: dict, huge_size: int = 2048) -> str
     name = torch.cuda.get_device_name(0)
     results["gpu"] = {"name": name, "torch": torch.__version__, "cuda": torch.version.cuda}
     header = ["runner", "seconds", "MP/s", "vs loop", "peak GPU MB", "labels = fp32"]
-    tiny_rows, results["gpu"]["tiny"] = _gpu_case(tmp, "tiny", build_model("tiny"), size, 512, 8, 512, REPEAT)
+    tiny_rows, results["gpu"]["tiny"] = _gpu_case(tmp, "tiny", build_model("tiny"), size, 512, 8, 512, REPEAT,
+                                                  compiled=True)
     out = [table(f"4. GPU ({name}, torch {torch.__version__}, CUDA {torch.version.cuda}): tiny model, "
                  f"{size}x{size} px", header, tiny_rows)]
+    first = results["gpu"]["tiny"].get("fp16_compiled_first_run_s")
+    if first is not None:
+        out.append(f"compiled fp16: its first run, which compiles (kernel cache {inductor_cache_dir()}), took "
+                   f"{first:.1f} s against {results['gpu']['tiny']['fp16_first_run_s']:.1f} s uncompiled")
     try:
         out.append(_ort_cuda_row(tmp, size, results))
     except Exception as exc:  # report, do not abort the other rows

@@ -36,11 +36,11 @@ def _labels(path):
         return src.read(1)
 
 
-def _engine_labels(model, meta, image, out, **predictor_options):
+def _engine_labels(model, meta, image, out, batch_size=8, **predictor_options):
     norm = meta["normalization"]["hr"]
     predictor = TorchPredictor(model, as_tensor=True, **predictor_options)
     run_inference([EngineInput(image, mean=norm["mean"], std=norm["std"])], predictor, out, CLASSES,
-                  tile_size=256, overlap=32, batch_size=8)
+                  tile_size=256, overlap=32, batch_size=batch_size)
     return _labels(out), predictor
 
 
@@ -145,3 +145,62 @@ def test_damage_job_on_the_gpu_classes_the_joplin_buildings_as_the_cpu_does(data
     assert classes["cpu"].keys() == classes["cuda"].keys() and len(classes["cpu"]) >= 10
     same = float(np.mean([classes["cpu"][k] == classes["cuda"][k] for k in classes["cpu"]]))
     assert same >= 0.9, f"only {same:.2f} of the buildings get the same damage class on the GPU"
+
+
+def _peak_reserved(run):
+    """(run(), the most GPU memory the allocator held during it), from an emptied cache."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    result = run()
+    torch.cuda.synchronize()
+    return result, torch.cuda.max_memory_reserved()
+
+
+def test_running_out_of_gpu_memory_splits_the_batches_and_keeps_the_labels(loveda, landcover_model, tmp_path):
+    """A real CUDA out-of-memory: the process is capped between what the job holds at one tile per
+    model call and at eight, so batches of eight fail in the allocator; the job must finish in smaller
+    slices with the uncapped labels."""
+    import copy
+    model, meta = landcover_model
+    image = loveda[0][0]
+
+    def job(name, batch_size):
+        labels, predictor = _engine_labels(copy.deepcopy(model), meta, image, tmp_path / f"{name}.tif",
+                                           device="cuda", amp=False, batch_size=batch_size)
+        return labels, predictor.split_batch, predictor.precision
+
+    (reference, _, _), peak_eight = _peak_reserved(lambda: job("eight", 8))
+    (one_by_one, _, _), peak_one = _peak_reserved(lambda: job("one", 1))
+    assert peak_eight > peak_one + 64 * 2**20, (peak_one, peak_eight)  # else the cap proves nothing
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction((peak_one + peak_eight) / 2 / total)
+    try:
+        labels, split, precision = job("capped", 8)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    assert 0 < split < 8, split
+    assert precision == f"fp32, {split} tiles per model call (GPU memory)"
+    # other batch sizes may pick other cuDNN kernels: labels equal up to summation order
+    assert float((labels == reference).mean()) > 0.999
+    assert float((one_by_one == reference).mean()) > 0.999
+
+
+def test_compiled_model_on_the_gpu_gives_the_eager_labels(loveda, landcover_model, tmp_path, monkeypatch):
+    import copy
+    import time
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))  # an empty kernel cache: a full compile
+    model, meta = landcover_model
+    image = loveda[2][0]
+    eager, _ = _engine_labels(copy.deepcopy(model), meta, image, tmp_path / "eager.tif", device="cuda")
+    start = time.perf_counter()
+    compiled, predictor = _engine_labels(copy.deepcopy(model), meta, image, tmp_path / "compiled.tif",
+                                         device="cuda", compile=True)
+    print(f"first compiled job on the GPU: {time.perf_counter() - start:.1f} s")
+    assert predictor.compiled, "torch.compile fell back to eager on the GPU (see the warning)"
+    assert predictor.precision == "fp16 mixed, compiled"
+    assert any((tmp_path / "cache" / "inductor").rglob("*"))
+    # both fp16: fused kernels round differently, so a few borderline pixels may change class
+    assert float((compiled == eager).mean()) > 0.99
