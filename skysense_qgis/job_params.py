@@ -57,7 +57,7 @@ def dated_stack(entries: Sequence[Tuple[QgsRasterLayer, Optional[dt.date]]], lab
 
 
 def landcover_params(hr: QgsRasterLayer, output_dir: str, name: str, *, bands: Sequence[int] = (1, 2, 3),
-                     s2=(), s1=(), model: Optional[str] = None, tile_size: int = 512, overlap: int = 64,
+                     s2=(), s1=(), model: Optional[str] = None, tile_size: Optional[int] = None, overlap: int = 64,
                      batch_size: int = 0, device: str = "auto", aoi: Optional[dict] = None,
                      vectorize: bool = True, min_area: float = 0.0, simplify: float = 0.0,
                      runtime: str = "auto", tta: bool = False) -> dict:
@@ -65,7 +65,8 @@ def landcover_params(hr: QgsRasterLayer, output_dir: str, name: str, *, bands: S
     if hr.bandCount() < max(bands):
         raise LayerSourceError(f"Layer '{hr.name()}' has {hr.bandCount()} band(s); the model reads bands "
                                f"{list(bands)}.")
-    if overlap * 2 >= tile_size:
+    tile_size = int(tile_size) if tile_size else None  # None or 0: the model's own tile size
+    if tile_size and overlap * 2 >= tile_size:
         raise LayerSourceError(f"Overlap {overlap} is too large for tiles of {tile_size} pixels.")
     if tta and (s2 or s1):
         raise LayerSourceError("Averaging over flips applies to high-resolution maps only: remove the "
@@ -77,7 +78,7 @@ def landcover_params(hr: QgsRasterLayer, output_dir: str, name: str, *, bands: S
         "model": model or None,
         "output_dir": _output_dir(output_dir),
         "name": safe_name(name),
-        "tile_size": int(tile_size), "overlap": int(overlap), "batch_size": int(batch_size),
+        "tile_size": tile_size, "overlap": int(overlap), "batch_size": int(batch_size),
         "device": _device(device), "runtime": _runtime(runtime), "aoi": aoi,
         "vectorize": bool(vectorize), "min_area": float(min_area), "simplify": float(simplify),
         "tta": bool(tta),

@@ -164,7 +164,6 @@ def _run(params: Dict[str, Any], progress: Progress, workdir: Path) -> Dict[str,
     max_invalid = _float_param(params, "max_invalid_fraction", 0.5)
     min_area = _float_param(params, "min_area", 0.0)
     simplify = _float_param(params, "simplify", 0.0)
-    tile_size = int(params.get("tile_size") or 512)
     overlap = int(params.get("overlap", 64) if params.get("overlap") is not None else 64)
     batch_size = int(params.get("batch_size") or 0)  # 0: the engine picks for the device
     output_dir = Path(params["output_dir"])
@@ -172,6 +171,7 @@ def _run(params: Dict[str, Any], progress: Progress, workdir: Path) -> Dict[str,
     progress.update(0.0, "loading model")
     model, meta = load_task_model(params["model"], ("temporal",), "temporal land-cover")
     classes = normalise_classes(meta["classes"])
+    tile_size = int(params.get("tile_size") or meta.get("tile_size") or 512)
     hr = _hr_entry(params, workdir)
     with open_raster(hr["path"]) as src:
         hr_grid = Grid.of(src)

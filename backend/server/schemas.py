@@ -86,7 +86,8 @@ class OutputParams(StrictModel):
 
 
 class InferenceOptions(StrictModel):
-    tile_size: Optional[int] = Field(512, ge=32, le=4096, description="tile edge in pixels, a multiple of 32")
+    tile_size: Optional[int] = Field(None, ge=32, le=4096,
+                                     description="tile edge in pixels, a multiple of 32; null = the model's own")
     overlap: int = Field(64, ge=0, le=2048, description="overlap between tiles in pixels")
     batch_size: int = Field(0, ge=0, le=256, description="tiles per batch; 0 = automatic (8 on CUDA, 2 on CPU)")
     device: Device = "auto"

@@ -40,8 +40,10 @@ def _runtime_param():
 
 
 def _tile_param(default=512):
-    return QgsProcessingParameterNumber("TILE_SIZE", "Tile size (pixels)", QgsProcessingParameterNumber.Integer,
-                                        defaultValue=default, minValue=64, maxValue=4096)
+    """default 0 = the model file's own tile size (the land-cover default: tuned per model)."""
+    return QgsProcessingParameterNumber("TILE_SIZE", "Tile size (pixels, 0 = the model's own)" if default == 0
+                                        else "Tile size (pixels)", QgsProcessingParameterNumber.Integer,
+                                        defaultValue=default, minValue=0 if default == 0 else 64, maxValue=4096)
 
 
 def _folder_param():
@@ -80,7 +82,7 @@ class LandcoverAlgorithm(SkySenseAlgorithm):
         self.addParameter(QgsProcessingParameterMultipleLayers("S1", "Sentinel-1 layers (dated by name)",
                                                                QgsProcessing.TypeRaster, optional=True))
         self.addParameter(_model_param())
-        self.addParameter(_tile_param())
+        self.addParameter(_tile_param(0))
         self.addParameter(QgsProcessingParameterNumber("OVERLAP", "Tile overlap (pixels)",
                                                        QgsProcessingParameterNumber.Integer, 64, minValue=0))
         self.addParameter(_device_param())

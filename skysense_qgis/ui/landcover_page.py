@@ -25,7 +25,11 @@ class LandcoverPage(QWidget):
         self.s2_table = DatedLayerTable("Sentinel-2")
         self.s1_table = DatedLayerTable("Sentinel-1")
         self.model = ModelChooser(["segmentation", "temporal"])
-        self.tile_size = spin(512, 64, 4096, 32, " px")
+        self.tile_size = spin(0, 0, 4096, 32, " px")
+        self.tile_size.setSpecialValueText("Model's own")  # 0: the tile the model file names (640 for the default)
+        self.tile_size.setToolTip("Tile edge in pixels. Model's own: the size stored in the model file, tuned for "
+                                  "it (640 for the bundled land-cover model). Larger tiles are a little faster "
+                                  "on big rasters and need more memory.")
         self.overlap = spin(64, 0, 1024, 16, " px")
         self.batch_size = spin(0, 0, 64)
         self.batch_size.setSpecialValueText("Auto")  # 0: the backend picks (8 on a GPU, 2 on a CPU)

@@ -61,6 +61,8 @@ def test_map_land_cover_click_runs_job_and_adds_styled_group(plugin, fake_backen
     s2 = _add_raster(loveda_crop, "S2A_MSIL2A_20230514T101031")
     page = dock.landcover
     page.hr_layer.setLayer(hr)
+    assert page.tile_size.value() == 0 and page.tile_size.text() == "Model's own"
+    assert page.params(str(tmp_path), "x")["tile_size"] is None
     page.tile_size.setValue(256)
     page.overlap.setValue(32)
     page.device.setCurrentIndex(page.device.findData("cpu"))
@@ -394,6 +396,9 @@ def test_processing_landcover_runtime_is_an_advanced_choice_sent_to_the_backend(
     processing.run("skysense:landcover", {**args, "RUNTIME": 3})
     processing.run("skysense:landcover", {**args, "RUNTIME": 4, "TTA": True})
     processing.run("skysense:landcover", args)
-    sent = [(body["params"]["runtime"], body["params"]["tta"]) for path, body in fake_backend.requests
-            if path == "/jobs" and body["kind"] == "landcover"]
-    assert sent == [("compile", False), ("openvino", True), ("auto", False)]
+    tile = alg.parameterDefinition("TILE_SIZE")
+    assert tile.defaultValue() == 0 and "0 = the model's own" in tile.description()
+    processing.run("skysense:landcover", {k: v for k, v in args.items() if k not in ("TILE_SIZE", "OVERLAP")})
+    sent = [(body["params"]["runtime"], body["params"]["tta"], body["params"]["tile_size"])
+            for path, body in fake_backend.requests if path == "/jobs" and body["kind"] == "landcover"]
+    assert sent == [("compile", False, 256), ("openvino", True, 256), ("auto", False, 256), ("auto", False, None)]

@@ -89,6 +89,9 @@ def test_landcover_params_follow_the_api(loveda_crop, tmp_path):
     assert (tmp_path / "out").is_dir() and params["output_dir"] == str(tmp_path / "out")
     assert params["runtime"] == "auto" and params["tta"] is False
     assert job_params.landcover_params(hr, str(tmp_path), "x", runtime="onnx")["runtime"] == "onnx"
+    # no tile size (or the dock's 0, "Model's own") sends null: the backend uses the model file's tile
+    assert job_params.landcover_params(hr, str(tmp_path), "x")["tile_size"] is None
+    assert job_params.landcover_params(hr, str(tmp_path), "x", tile_size=0, overlap=200)["tile_size"] is None
     assert job_params.landcover_params(hr, str(tmp_path), "x", tta=True)["tta"] is True
     with pytest.raises(LayerSourceError, match="high-resolution maps only"):
         job_params.landcover_params(hr, str(tmp_path), "x", s2=[(s2, None)], tta=True)

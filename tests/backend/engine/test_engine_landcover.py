@@ -81,6 +81,15 @@ def test_landcover_outputs_are_complete_and_consistent(data_dir, model_file, tmp
         assert png.mode == "RGBA"
 
 
+def test_landcover_runs_at_the_model_files_tile_unless_told_otherwise(data_dir, model_file, tmp_path):
+    from backend.io.tiling import plan_tiles
+    own = landcover.run(_params(data_dir, model_file, tmp_path / "own", tile_size=None, vectorize=False), Progress())
+    height, width = own["metrics"]["height"], own["metrics"]["width"]
+    assert own["metrics"]["tiles"] == plan_tiles(height, width, 256, 32).n_tiles  # the file says 256
+    told = landcover.run(_params(data_dir, model_file, tmp_path / "told", vectorize=False), Progress())
+    assert told["metrics"]["tiles"] == plan_tiles(height, width, 128, 32).n_tiles > own["metrics"]["tiles"]
+
+
 def test_landcover_without_vectors_and_with_confidence(data_dir, model_file, tmp_path):
     result = landcover.run(_params(data_dir, model_file, tmp_path, vectorize=False, confidence=True, tta=True))
     assert result["metrics"]["tta"] is True

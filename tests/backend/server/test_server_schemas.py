@@ -44,7 +44,7 @@ def test_server_documented_params_validate(kind):
 
 def test_server_defaults_reach_the_pipelines():
     lc = params_model("landcover")(hr=[{"path": "/a.tif"}], output_dir="/o").model_dump(mode="json")
-    assert (lc["name"], lc["tile_size"], lc["overlap"], lc["vectorize"], lc["device"]) == ("landcover", 512, 64, True, "auto")
+    assert (lc["name"], lc["tile_size"], lc["overlap"], lc["vectorize"], lc["device"]) == ("landcover", None, 64, True, "auto")
     assert lc["batch_size"] == 0  # automatic: the engine picks for the device
     ch = params_model("change")(pre="/a.tif", post="/b.tif", output_dir="/o").model_dump(mode="json")
     assert ch["tile_size"] is None and ch["overlap"] == 32 and ch["threshold"] == 0.5

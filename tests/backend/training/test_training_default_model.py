@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from backend.datasets.loveda import loveda_palette
-from backend.trainers.train_defaults import (DEFAULT_MODEL_PATH, IMAGENET_NORMALIZATION, SPLIT_TEXT, TEST_COLS, TILES,
-                                            VAL_ROWS, heldout_window, loveda_split, split_regions)
+from backend.trainers.train_defaults import (DEFAULT_MODEL_PATH, IMAGENET_NORMALIZATION, INFERENCE_TILE, SPLIT_TEXT,
+                                            TEST_COLS, TILES, VAL_ROWS, heldout_window, loveda_split, split_regions)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def test_metadata_describes_the_model(default_model):
     assert meta["classes"] == loveda_palette()["classes"]
     assert meta["bands"] == {"hr": [1, 2, 3]}
     assert meta["normalization"]["hr"] == IMAGENET_NORMALIZATION
-    assert meta["gsd"] == 0.3 and meta["tile_size"] % 32 == 0
+    # jobs run at the model's own tile unless told otherwise: the size measured best for it
+    assert meta["gsd"] == 0.3 and meta["tile_size"] == INFERENCE_TILE == 640
     assert f"right-most {TEST_COLS} columns" in meta["metrics"]["heldout"]["dataset"]
     assert f"bottom {VAL_ROWS} rows" in meta["metrics"]["validation"]["dataset"]
     assert meta["trained_on"].startswith(SPLIT_TEXT)
