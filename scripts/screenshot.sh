@@ -119,7 +119,6 @@ def start():
     window.resizeDocks([dock], [470], Qt.Horizontal)
     page = dock.landcover
     page.hr_layer.setLayer(layer)
-    page.tile_size.setValue(512)
     page.overlap.setValue(64)
     page.device.setCurrentIndex(page.device.findData("auto"))
     model = os.environ.get("SKYSENSE_SCREENSHOT_MODEL")
