@@ -122,7 +122,8 @@ def main(argv=None) -> int:
             "model": str(DEFAULT_MODEL_PATH),
             "output_dir": str(out_dir),
             "name": "landcover",
-            "tile_size": 512, "overlap": 64, "batch_size": 4, "device": args.device,
+            "tile_size": None, "overlap": 64, "batch_size": 0,  # the model file's tile (640), automatic batch
+            "device": args.device,
             "vectorize": True, "shapefile": True, "min_area": 20.0, "simplify": 0.5,
         }, _console_progress())
         seconds = time.perf_counter() - started
