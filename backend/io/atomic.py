@@ -79,8 +79,13 @@ def describe_os_error(exc: BaseException, path=None) -> str:
             return f"disk full ({free} bytes left)"
     useful = [t for t in texts if t and "see previous exception" not in t.lower()]
     text = useful[0] if useful else (texts[0] or type(exc).__name__)
-    # libtiff's and GeoPackage's (sqlite's) own words when the OS refused a write
-    if any(sign in joined for sign in ("write error", "does not read back", "tiffreadencoded", "sqlite3_")):
+    if "sqlite3_" in joined or "database or disk is full" in joined:
+        # GeoPackage writes go through SQLite, whose words name a failed statement, not the cause: the
+        # cause first, its text after (without the bytes repr GDAL's Python bindings put around it)
+        detail = text[2:-1] if text[:2] in ("b'", 'b"') and text[-1:] in ("'", '"') else text
+        return f"the GeoPackage could not be written completely: {WRITE_FAILED_HINT} (SQLite: {detail})"
+    # libtiff's own words when the OS refused a write
+    if any(sign in joined for sign in ("write error", "does not read back", "tiffreadencoded")):
         text += f" ({WRITE_FAILED_HINT})"
     return text
 

@@ -131,14 +131,15 @@ def test_write_failures_gdal_wrapped_errors_are_described_in_plain_words(tmp_pat
     text = describe_os_error(wrapped(RuntimeError("TIFFAppendToStrip:Write error at scanline 512")))
     assert text.startswith("TIFFAppendToStrip:Write error") and "disk may be full" in text
     gpkg = describe_os_error(RuntimeError("b'sqlite3_exec(CREATE TRIGGER ...) failed: no such table: main.lc'"))
-    assert gpkg.startswith("b'sqlite3_exec") and "disk may be full" in gpkg
+    assert gpkg == ("the GeoPackage could not be written completely: the disk may be full or failing, or a file "
+                    "size limit was reached (SQLite: sqlite3_exec(CREATE TRIGGER ...) failed: no such table: main.lc)")
+    assert describe_os_error(RuntimeError("database or disk is full")).startswith("the GeoPackage could not be")
     assert describe_os_error(RuntimeError("some other problem"), tmp_path) == "some other problem"
 
 
-@posix_only
-def test_write_failures_landcover_job_under_a_file_size_limit_fails_clearly(tmp_path, repo_root):
-    """The whole CLI job: wherever the limit cuts the class raster, the job fails naming the file and the
-    likely cause, and the output folder is left as it was (here: not created)."""
+def _limited_cli_job(tmp_path, repo_root):
+    """run(limit, out, *extra args): a land-cover CLI job on a 1024² raster in a child process whose files
+    may not grow past `limit` bytes (0: no limit)."""
     import torch
 
     from models.checkpoint import save_model_file
@@ -156,23 +157,48 @@ def test_write_failures_landcover_job_under_a_file_size_limit_fails_clearly(tmp_
                        crs="EPSG:32633", transform=from_origin(500000, 4000000, 0.5, 0.5)) as dst:
         dst.write(rng.integers(0, 255, (3, 1024, 1024), dtype=np.uint8))
 
-    def run(limit: int, out: Path):
+    def run(limit: int, out: Path, *extra):
         code = ("import resource, sys\n"
                 f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})) if {limit} else None\n"
                 "from backend import cli\n"
                 "sys.exit(cli.main(sys.argv[1:]))\n")
         return subprocess.run([sys.executable, "-c", code, "landcover", "--hr", str(image), "--model", str(model),
-                               "--output-dir", str(out), "--name", "lc", "--device", "cpu", "--no-vectorize"],
+                               "--output-dir", str(out), "--name", "lc", "--device", "cpu", *extra],
                               cwd=REPO, capture_output=True, text=True, timeout=300,
                               env=repo_env(OMP_NUM_THREADS="1"))
+    return run
 
-    done = run(0, tmp_path / "unlimited")
+
+@posix_only
+def test_write_failures_landcover_job_under_a_file_size_limit_fails_clearly(tmp_path, repo_root):
+    """The whole CLI job: wherever the limit cuts the class raster, the job fails naming the file and the
+    likely cause, and the output folder is left as it was (here: not created)."""
+    run = _limited_cli_job(tmp_path, repo_root)
+    done = run(0, tmp_path / "unlimited", "--no-vectorize")
     assert done.returncode == 0, done.stderr[-2000:]
     size = (tmp_path / "unlimited" / "lc.tif").stat().st_size
     for limit in (size - 1, size // 2):
         out = tmp_path / f"limit_{limit}"
-        failed = run(limit, out)
+        failed = run(limit, out, "--no-vectorize")
         assert failed.returncode != 0, f"limit {limit} of {size}: the job reported success"
         assert f"could not write {out / 'lc.tif'}" in failed.stderr, failed.stderr[-2000:]
         assert "unexpectedly" not in failed.stderr
+        assert not out.exists() or not any(out.iterdir())
+
+
+@posix_only
+def test_write_failures_a_cut_geopackage_fails_the_job_in_plain_words(tmp_path, repo_root):
+    """The limit lets the class raster through and cuts the polygons' GeoPackage (SQLite then reports a failed
+    statement, e.g. 'disk I/O error' or 'no such table'): the message leads with the cause, nothing is published."""
+    run = _limited_cli_job(tmp_path, repo_root)
+    done = run(0, tmp_path / "unlimited")
+    assert done.returncode == 0, done.stderr[-2000:]
+    tif, gpkg = ((tmp_path / "unlimited" / name).stat().st_size for name in ("lc.tif", "lc.gpkg"))
+    assert gpkg > 2 * tif  # so a limit between them cuts the GeoPackage only
+    for limit in ((tif + gpkg) // 2, gpkg - 1):
+        out = tmp_path / f"limit_{limit}"
+        failed = run(limit, out)
+        assert failed.returncode != 0, f"limit {limit} of {gpkg}: the job reported success"
+        assert (f"could not write {out / 'lc.gpkg'}: the GeoPackage could not be written completely: the disk may "
+                "be full or failing, or a file size limit was reached (SQLite: ") in failed.stderr, failed.stderr[-2000:]
         assert not out.exists() or not any(out.iterdir())
