@@ -8,6 +8,9 @@
    which neither the polygons nor the default (base) model's training touched. The held-out polygons lie
    inside the default model's training region, so that figure flatters the fine-tuned model.
 3. Change detection / damage: the change engineer's evaluators when present.
+4. Tile sizes: the default model at several tile sizes (and at its own tile with averaging over flips), each
+   scored two ways on the held-out pixels: the strips mapped on their own, and the whole tiles mapped and
+   scored on their strips. This is the evidence behind the model file's tile_size (README, Performance).
 """
 from __future__ import annotations
 
@@ -99,6 +102,45 @@ def landcover_row(data_dir: Path, work: Path, model_path: Path) -> dict:
     scores["dataset"] = (f"LoveDA tiles {', '.join(TILES)}, held-out strips (right-most {TEST_COLS} columns of each, "
                          f"{mask.shape[0]}x{TEST_COLS} px, each mapped on its own)")
     return scores
+
+
+def tile_rows(data_dir: Path, work: Path, model_path: Path, tiles=(512, 640, 768, 1024), overlap: int = 64) -> dict:
+    """{"<tile>": {"strips": scores, "whole": scores}, "<own tile> tta": ...}: the held-out LoveDA pixels mapped
+    through run_landcover at each tile size, once strip by strip and once as whole tiles."""
+    import rasterio
+    from backend.datasets.loveda import georeference_loveda, read_loveda_tile
+    from backend.pipelines.landcover import run_landcover
+    from backend.trainers.train_defaults import TILES, heldout_window
+    from models.checkpoint import read_model_meta
+
+    scenes = []
+    for image_tif, _ in georeference_loveda(data_dir, work / "loveda_tiles", tile_ids=list(TILES)):
+        tile_id = image_tif.stem.split("_")[1]
+        mask = read_loveda_tile(data_dir, tile_id)[1]
+        window = heldout_window(*mask.shape)
+        strip = _write_window(image_tif, window, work / "loveda_tiles" / f"strip_{tile_id}.tif")
+        scenes.append((tile_id, image_tif, strip, window, mask[window]))
+    own = int(read_model_meta(model_path).get("tile_size") or 512)
+    runs = [(str(t), t, False) for t in tiles] + [(f"{own} tta", own, True)]
+    rows = {}
+    for key, tile, tta in runs:
+        rows[key] = {}
+        for mode in ("strips", "whole"):
+            predictions, masks = [], []
+            for tile_id, image, strip, window, mask in scenes:
+                result = run_landcover({"hr": [{"path": str(strip if mode == "strips" else image)}],
+                                        "model": str(model_path), "output_dir": str(work / "tiles_out"),
+                                        "name": f"{mode}_{tile_id}_{tile}_{int(tta)}", "vectorize": False,
+                                        "device": "cpu", "tile_size": tile, "overlap": overlap, "tta": tta})
+                with rasterio.open(next(o["path"] for o in result["outputs"] if o["role"] == "classes")) as src:
+                    labels = src.read(1)
+                predictions.append(labels if mode == "strips" else labels[window])
+                masks.append(mask)
+            scores = _scores_against_mask(np.concatenate(predictions, axis=1), np.concatenate(masks, axis=1),
+                                          result["classes"])
+            rows[key][mode] = {"overall_accuracy": scores["overall_accuracy"], "miou": scores["miou"]}
+    rows["own_tile"] = own
+    return rows
 
 
 def finetune_rows(data_dir: Path, work: Path, model_path: Path, epochs: int) -> dict:
@@ -235,6 +277,16 @@ def print_report(report: dict) -> None:
     else:
         print(ft["note"] if ft else "not run")
 
+    tiles = report.get("tiles")
+    if tiles:
+        print(f"\n=== Tile size: held-out LoveDA pixels, overlap 64 (the model file's own tile: {tiles['own_tile']}) ===")
+        print(f"{'tile':<10}{'strips OA':>11}{'strips mIoU':>13}{'whole OA':>10}{'whole mIoU':>12}")
+        for key, row in tiles.items():
+            if key != "own_tile":
+                print(f"{key:<10}{_fmt(row['strips']['overall_accuracy']):>11}{_fmt(row['strips']['miou']):>13}"
+                      f"{_fmt(row['whole']['overall_accuracy']):>10}{_fmt(row['whole']['miou']):>12}")
+        print("strips: each held-out strip mapped on its own; whole: the whole tiles mapped, scored on their strips")
+
     print("\n=== Change detection and damage ===")
     for key, row in (report.get("change") or {}).items():
         if "note" in row:
@@ -253,7 +305,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH))
     parser.add_argument("--finetune-epochs", type=int, default=6)
     parser.add_argument("--json", default=str(REPO / "build" / "eval" / "eval.json"), help="also write the figures here")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["landcover", "finetune", "change"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["landcover", "finetune", "change", "tiles"])
     args = parser.parse_args(argv)
     data_dir, model_path = Path(args.data), Path(args.model)
     if not data_dir.is_dir():
@@ -270,6 +322,8 @@ def main(argv=None) -> int:
                 report["landcover"] = landcover_row(data_dir, work, model_path)
             if "finetune" not in args.skip:
                 report["finetune"] = finetune_rows(data_dir, work, model_path, args.finetune_epochs)
+            if "tiles" not in args.skip:
+                report["tiles"] = tile_rows(data_dir, work, model_path)
         if "change" not in args.skip:
             report["change"] = change_rows(data_dir)
     print_report(report)
