@@ -43,7 +43,8 @@ class LandcoverPage(QWidget):
         self.tta = QCheckBox("Average over flips (slower)")
         self.tta.setToolTip("Test-time augmentation: the model also sees each tile flipped horizontally and "
                             "vertically, and the three predictions are averaged. About 2-3x the time; on the "
-                            "LoveDA held-out strips +0.3 points of overall accuracy and +1.5 of mIoU, no gain on whole tiles. "
+                            "LoveDA held-out strips +0.3 points of overall accuracy and +1.5 of mIoU, no gain "
+                            "on whole tiles. "
                             "High-resolution maps only (not with Sentinel time series).")
         self.aoi = AoiWidget(canvas)
         self.run_button = QPushButton("Map land cover")
