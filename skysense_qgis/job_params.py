@@ -85,22 +85,36 @@ def landcover_params(hr: QgsRasterLayer, output_dir: str, name: str, *, bands: S
     }
 
 
+def pair_tiling(tile_size: Optional[int], overlap: Optional[int] = None) -> dict:
+    """tile_size/overlap of a change or damage job. No tile size (or 0): the model file's own, with the
+    backend's pair overlap (32); a tile size with no overlap gets a quarter of the tile, at most 64."""
+    tile = int(tile_size) if tile_size else None
+    if overlap is None:
+        overlap = min(64, tile // 4) if tile else PAIR_OVERLAP
+    if tile and overlap * 2 >= tile:
+        raise LayerSourceError(f"Overlap {overlap} is too large for tiles of {tile} pixels.")
+    return {"tile_size": tile, "overlap": int(overlap)}
+
+
+PAIR_OVERLAP = 32  # the backend's default overlap for change and damage jobs (PairOptions)
+
+
 def change_params(pre: QgsRasterLayer, post: QgsRasterLayer, output_dir: str, name: str, *,
                   aoi: Optional[dict] = None, model: Optional[str] = None,
-                  landcover_model: Optional[str] = None, tile_size: int = 512, overlap: int = 64,
-                  device: str = "auto", vectorize: bool = True) -> dict:
+                  landcover_model: Optional[str] = None, tile_size: Optional[int] = None,
+                  overlap: Optional[int] = None, device: str = "auto", vectorize: bool = True) -> dict:
     return {
         "pre": raster_path(pre), "post": raster_path(post),
         "aoi": aoi, "model": model or None, "landcover_model": landcover_model or None,
         "output_dir": _output_dir(output_dir), "name": safe_name(name),
-        "tile_size": int(tile_size), "overlap": int(overlap), "device": _device(device),
+        **pair_tiling(tile_size, overlap), "device": _device(device),
         "vectorize": bool(vectorize),
     }
 
 
 def damage_params(pre: QgsRasterLayer, post: QgsRasterLayer, output_dir: str, name: str, *,
                   buildings: Optional[QgsVectorLayer] = None, model: Optional[str] = None,
-                  aoi: Optional[dict] = None, tile_size: int = 512, overlap: int = 64,
+                  aoi: Optional[dict] = None, tile_size: Optional[int] = None, overlap: Optional[int] = None,
                   device: str = "auto") -> dict:
     # A multi-layer GeoPackage is copied so the backend reads exactly the chosen layer.
     buildings_path = (vector_source(buildings, allow_memory_export=True, single_layer=True)[0]
@@ -110,7 +124,7 @@ def damage_params(pre: QgsRasterLayer, post: QgsRasterLayer, output_dir: str, na
         "buildings": buildings_path,
         "aoi": aoi, "model": model or None,
         "output_dir": _output_dir(output_dir), "name": safe_name(name),
-        "tile_size": int(tile_size), "overlap": int(overlap), "device": _device(device),
+        **pair_tiling(tile_size, overlap), "device": _device(device),
     }
 
 

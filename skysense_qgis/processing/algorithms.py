@@ -39,11 +39,11 @@ def _runtime_param():
     return param
 
 
-def _tile_param(default=512):
-    """default 0 = the model file's own tile size (the land-cover default: tuned per model)."""
-    return QgsProcessingParameterNumber("TILE_SIZE", "Tile size (pixels, 0 = the model's own)" if default == 0
-                                        else "Tile size (pixels)", QgsProcessingParameterNumber.Integer,
-                                        defaultValue=default, minValue=0 if default == 0 else 64, maxValue=4096)
+def _tile_param():
+    """0 (the default) = the model file's own tile size, which is tuned per model."""
+    return QgsProcessingParameterNumber("TILE_SIZE", "Tile size (pixels, 0 = the model's own)",
+                                        QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
+                                        maxValue=4096)
 
 
 def _folder_param():
@@ -82,7 +82,7 @@ class LandcoverAlgorithm(SkySenseAlgorithm):
         self.addParameter(QgsProcessingParameterMultipleLayers("S1", "Sentinel-1 layers (dated by name)",
                                                                QgsProcessing.TypeRaster, optional=True))
         self.addParameter(_model_param())
-        self.addParameter(_tile_param(0))
+        self.addParameter(_tile_param())
         self.addParameter(QgsProcessingParameterNumber("OVERLAP", "Tile overlap (pixels)",
                                                        QgsProcessingParameterNumber.Integer, 64, minValue=0))
         self.addParameter(_device_param())
@@ -159,7 +159,7 @@ class ChangeAlgorithm(SkySenseAlgorithm):
             self.parameterAsString(parameters, "OUTPUT_FOLDER", context), name,
             aoi=aoi_from_source(self, parameters, "AOI", context),
             model=self.parameterAsFile(parameters, "MODEL", context) or None, tile_size=tile,
-            overlap=min(64, tile // 4), device=DEVICE_OPTIONS[self.parameterAsEnum(parameters, "DEVICE", context)]))
+            device=DEVICE_OPTIONS[self.parameterAsEnum(parameters, "DEVICE", context)]))
         result = self.run_backend_job(params, feedback)
         paths = self.load_outputs(result, context, name)
         raster = next((p for r, p in paths.items() if r in ("change", "mask", "classes")), None)
@@ -201,7 +201,7 @@ class DamageAlgorithm(SkySenseAlgorithm):
             self.parameterAsString(parameters, "OUTPUT_FOLDER", context), name,
             buildings=self.parameterAsVectorLayer(parameters, "BUILDINGS", context),
             model=self.parameterAsFile(parameters, "MODEL", context) or None, tile_size=tile,
-            overlap=min(64, tile // 4), device=DEVICE_OPTIONS[self.parameterAsEnum(parameters, "DEVICE", context)]))
+            device=DEVICE_OPTIONS[self.parameterAsEnum(parameters, "DEVICE", context)]))
         result = self.run_backend_job(params, feedback)
         outputs = result.get("outputs") or []
         self.load_outputs(result, context, name)

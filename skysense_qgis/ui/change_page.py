@@ -16,7 +16,10 @@ class ChangePage(QWidget):
         self.pre_layer = layer_combo("raster")
         self.post_layer = layer_combo("raster")
         self.model = ModelChooser(["change"])
-        self.tile_size = spin(512, 64, 4096, 32, " px")
+        self.tile_size = spin(0, 0, 4096, 32, " px")
+        self.tile_size.setSpecialValueText("Model's own")  # 0: the tile the model file names
+        self.tile_size.setToolTip("Tile edge in pixels. Model's own: the size stored in the model file "
+                                  "(256 for the bundled change model).")
         self.device = device_combo()
         self.aoi = AoiWidget(canvas)
         self.run_button = QPushButton("Detect changes")
@@ -39,4 +42,4 @@ class ChangePage(QWidget):
         return job_params.change_params(
             self.pre_layer.currentLayer(), self.post_layer.currentLayer(), output_dir, name,
             aoi=self.aoi.aoi(), model=self.model.model_path(), tile_size=self.tile_size.value(),
-            overlap=min(64, self.tile_size.value() // 4), device=self.device.currentData())
+            device=self.device.currentData())

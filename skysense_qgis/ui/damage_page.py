@@ -18,7 +18,10 @@ class DamagePage(QWidget):
         self.buildings = layer_combo("polygon", optional=True)
         self.buildings.setToolTip("Building footprints: each building gets the damage class found inside it")
         self.model = ModelChooser(["damage"])
-        self.tile_size = spin(512, 64, 4096, 32, " px")
+        self.tile_size = spin(0, 0, 4096, 32, " px")
+        self.tile_size.setSpecialValueText("Model's own")  # 0: the tile the model file names
+        self.tile_size.setToolTip("Tile edge in pixels. Model's own: the size stored in the model file "
+                                  "(256 for the bundled change model).")
         self.device = device_combo()
         self.aoi = AoiWidget(canvas)
         self.run_button = QPushButton("Assess damage")
@@ -41,5 +44,4 @@ class DamagePage(QWidget):
         return job_params.damage_params(
             self.pre_layer.currentLayer(), self.post_layer.currentLayer(), output_dir, name,
             buildings=self.buildings.currentLayer(), model=self.model.model_path(), aoi=self.aoi.aoi(),
-            tile_size=self.tile_size.value(), overlap=min(64, self.tile_size.value() // 4),
-            device=self.device.currentData())
+            tile_size=self.tile_size.value(), device=self.device.currentData())

@@ -52,6 +52,8 @@ def test_plugin_gui_has_dock_sections_menu_and_provider(plugin):
     assert "CPU" in dock.backend.status.text()
     assert dock.landcover.model.combo.count() == 2
     assert dock.change.model.combo.count() == 1  # no change model listed: only the default entry
+    # every task starts at the model file's own tile size
+    assert {page.tile_size.text() for page in (dock.landcover, dock.change, dock.damage)} == {"Model's own"}
 
 
 def test_map_land_cover_click_runs_job_and_adds_styled_group(plugin, fake_backend, loveda_crop, plugin_helpers,

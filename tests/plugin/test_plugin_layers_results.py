@@ -199,6 +199,19 @@ def _run_export(registry, tmp_path):
     assert [f.name() for f in back.fields()][-2:] == ["damage", "confidence"]
 
 
+def test_change_and_damage_params_default_to_the_model_files_tile(loveda_crop, tmp_path):
+    pre, post = QgsRasterLayer(str(loveda_crop), "pre"), QgsRasterLayer(str(loveda_crop), "post")
+    for build in (job_params.change_params, job_params.damage_params):
+        own = build(pre, post, str(tmp_path), "x")
+        assert (own["tile_size"], own["overlap"]) == (None, 32)  # the backend's defaults for pairs
+        assert build(pre, post, str(tmp_path), "x", tile_size=0)["tile_size"] is None  # the dock's "Model's own"
+        told = build(pre, post, str(tmp_path), "x", tile_size=512)
+        assert (told["tile_size"], told["overlap"]) == (512, 64)  # a quarter of the tile, at most 64
+        assert build(pre, post, str(tmp_path), "x", tile_size=128)["overlap"] == 32
+        with pytest.raises(LayerSourceError, match="Overlap 64 is too large for tiles of 96"):
+            build(pre, post, str(tmp_path), "x", tile_size=96, overlap=64)
+
+
 def test_crs_set_in_qgis_travels_with_the_file(data_dir, tmp_path):
     # A georeferenced tile whose file has no CRS; the user sets EPSG:32650 in QGIS.
     bare = tmp_path / "no_crs.tif"

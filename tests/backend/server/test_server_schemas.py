@@ -83,3 +83,16 @@ def test_server_openapi_documents_each_kind(client, auth):
         assert schemas[name]["additionalProperties"] is False, name
     body = spec["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["discriminator"]["propertyName"] == "kind"
+
+
+def test_plugin_sends_the_backends_pair_overlap_when_it_leaves_the_tile_to_the_model():
+    """The plugin (which cannot import the backend) names the pair overlap it sends with 'Model's own'."""
+    import ast
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[3] / "skysense_qgis" / "job_params.py"
+    (plugin_overlap,) = [ast.literal_eval(node.value) for node in ast.parse(source.read_text()).body
+                         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PAIR_OVERLAP"
+                                                                 for t in node.targets)]
+    assert plugin_overlap == params_model("change").model_fields["overlap"].default == 32
+    assert params_model("damage").model_fields["overlap"].default == 32
