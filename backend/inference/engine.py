@@ -400,7 +400,7 @@ def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int
     current panel's first tile starts. Only the panel's own columns are labelled: pixels left of it
     lack the previous panel's tiles, pixels right of it the next panel's."""
     T, O, S, W = L.tile, L.overlap, L.stride, L.width
-    device = weights = lut_t = top = None
+    device = weights = lut_t = top = scratch = None
     done = 0
     left = None
     panel: Optional[Panel] = None
@@ -447,14 +447,23 @@ def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int
             top = torch.zeros((K + 1, O, (panel.tile_columns - 1) * S + T), dtype=torch.float32, device=device)
         ja, jb = cols[0], cols[-1]
         x0, x1 = ja * S, jb * S + T
-        local = torch.zeros((K + 1, T, x1 - x0), dtype=torch.float32, device=device)
-        if left is not None:
-            local[:, :, :O] += left
-        probs.mul_(weights)
+        if scratch is None or scratch.shape[2] < x1 - x0:
+            scratch = None  # free the narrower buffer before allocating the wider one
+            scratch = torch.empty((K + 1, T, x1 - x0), dtype=torch.float32, device=device)
+        # Reused for every batch and never zeroed: a fresh buffer per tile was page-faulted in again
+        # each time (malloc_trim hands freed pages back). The batch's tiles cover all its columns
+        # (stride <= tile), so each column is first assigned, and only overlaps are added.
+        local = scratch[:, :, :x1 - x0]
         for b, j in enumerate(cols):
             off = (j - ja) * S
-            local[:K, :, off:off + T] += probs[b]
-            local[K, :, off:off + T] += weights
+            fresh = 0 if b == 0 else O  # columns [off, off + O) already hold the previous tile's share
+            torch.mul(probs[b][:, :, fresh:], weights[:, fresh:], out=local[:K, :, off + fresh:off + T])
+            local[K, :, off + fresh:off + T] = weights[:, fresh:]
+            if fresh:
+                local[:K, :, off:off + O] += probs[b][:, :, :O] * weights[:, :O]
+                local[K, :, off:off + O] += weights[:, :O]
+        if left is not None:
+            local[:, :, :O] += left
         last_col = jb == panel.last
         fc1 = x1 if jb == L.cols - 1 else (jb + 1) * S
         block = local[:, :, :fc1 - x0]
