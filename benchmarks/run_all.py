@@ -481,9 +481,9 @@ def bench_memory(tmp: Path, shapes: list, real_model_size: int, results: dict) -
               "128 MB, GDAL_CACHEMAX), which fills on big rasters: that is the plain loop's whole rise, and most of\n"
               "the engine's from 2048² to 10k². The engine reads one window per batch, holds the batches in flight,\n"
               "a carry band (overlap rows x panel width x 8 float32) and uint8 label rows of one panel. Rasters wider\n"
-              "than 8192 px run in column panels of at most ~8k px, so memory stops growing with the width there\n"
+              "than 16384 px run in column panels of at most ~16k px, so memory stops growing with the width there\n"
               "(20480x2048 vs 40960x1024: same pixels, twice as wide) as it never grows with the height (2048x20480).\n"
-              "A 20480-wide raster's ~7k-px panels cost a few tens of MB more than a 2048-wide raster's one panel.\n"
+              "A 20480-wide raster's ~10k-px panels cost some tens of MB more than a 2048-wide raster's one panel.\n"
               "Peaks swing by about +-40 MB between identical runs (transient batch buffers meeting the allocator).\n"
               f"A whole-raster float32 probability array for {big_w}x{big_h} px and 7 classes would need {full:,.0f} MB.")
 
