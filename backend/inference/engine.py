@@ -394,6 +394,19 @@ def _as_probs(out) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+def _first_max(scores: torch.Tensor) -> tuple:
+    """(max over dim 0, index of its first occurrence as uint8) of [K, h, w] scores: what
+    scores.max(dim=0) gives, 3x faster on the CPU (torch's index-returning reduction over a short leading
+    dimension is slow; amax and element-wise passes are not). An all-NaN pixel gets the last index."""
+    best = scores.amax(dim=0)
+    index = torch.full(best.shape, scores.shape[0] - 1, dtype=torch.uint8, device=scores.device)
+    hit = torch.empty(best.shape, dtype=torch.bool, device=scores.device)
+    for k in range(scores.shape[0] - 2, -1, -1):  # downwards: the first maximum is written last
+        torch.eq(scores[k], best, out=hit)
+        index -= hit.view(torch.uint8) * (index - k)
+    return best, index
+
+
 def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int, K: int, read_q: queue.Queue,
             reader: threading.Thread, writer: _Writer, progress: Progress, with_confidence: bool) -> None:
     """Consume batches in order, blend with carries, hand each panel's finished row strips to the writer.
@@ -406,7 +419,7 @@ def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int
     current panel's first tile starts. Only the panel's own columns are labelled: pixels left of it
     lack the previous panel's tiles, pixels right of it the next panel's."""
     T, O, S, W = L.tile, L.overlap, L.stride, L.width
-    device = weights = lut_t = top = scratch = None
+    device = weights = top = scratch = None
     done = 0
     left = None
     panel: Optional[Panel] = None
@@ -447,7 +460,6 @@ def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int
         if device is None:  # first batch: put the blending buffers where the probabilities are
             device = probs.device
             weights = torch.from_numpy(blend_weights(T, O).copy()).to(device)
-            lut_t = torch.from_numpy(lut).to(device)
         if O and (top is None or top.shape[2] < (panel.tile_columns - 1) * S + T):
             top = None  # free the narrower band before allocating the wider one
             top = torch.zeros((K + 1, O, (panel.tile_columns - 1) * S + T), dtype=torch.float32, device=device)
@@ -484,8 +496,8 @@ def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int
             rows_out = labels.shape[0]
             region = block[:, :rows_out, c0 - x0:c1 - x0]
             # The summed weight is the same for every class of a pixel: the argmax needs no division.
-            best, index = region[:K].max(dim=0)
-            out_labels = lut_t[index].cpu().numpy()
+            best, index = _first_max(region[:K])
+            out_labels = lut[index.cpu().numpy()]
             invalid = ~valid[:rows_out, c0 - x0:c1 - x0]
             out_labels[invalid] = nodata
             labels[:, c0 - panel.start:c1 - panel.start] = out_labels

@@ -74,6 +74,8 @@ class OpenVinoPredictor:
             raise InputError(f"model {self.path} cannot be read by OpenVINO ({type(exc).__name__}: {exc})") from None
         self._config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
                         "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+        if outputs == "logits":
+            self._model = _with_softmax(self._model)
         self.input_names = [port.get_any_name() for port in self._model.inputs]
         shape = self._model.inputs[0].get_partial_shape()  # [batch, C, H, W]; H, W fixed at export
         self.fixed_tile_size = (shape[2].get_length() if shape.rank.get_length() == 4 and shape[2].is_static
@@ -116,11 +118,16 @@ class OpenVinoPredictor:
         except Exception as exc:  # an operator or shape the CPU plugin cannot compile
             return self._compile_failed(shapes, exc)(inputs)
         request.infer({name: a for name, a in zip(self.input_names, arrays)})
-        # the output tensor is the request's own buffer, reused by the next batch: compute a new array
-        logits = request.get_output_tensor(0).data
-        if self.outputs != "logits":
-            return np.array(logits, dtype=np.float32)
-        out = logits - logits.max(axis=1, keepdims=True)
-        np.exp(out, out=out)
-        out /= out.sum(axis=1, keepdims=True)
-        return out
+        # the output tensor is the request's own buffer, reused by the next batch: copy it out
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+
+def _with_softmax(model):
+    """The model with a softmax over classes (axis 1) after its first output: OpenVINO computes it on
+    all inference threads, where numpy's took 2-4 % of a tile's time on one."""
+    import openvino as ov
+    from openvino import opset13
+
+    logits = model.get_results()[0].input_value(0)
+    probs = opset13.softmax(logits, 1)
+    return ov.Model([opset13.result(probs)], model.get_parameters(), model.get_friendly_name())

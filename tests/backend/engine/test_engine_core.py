@@ -535,3 +535,22 @@ def test_non_finite_mixed_precision_output_is_recomputed_and_the_job_goes_on_in_
     assert module.dtypes[:2] == [torch.bfloat16, torch.float32] and set(module.dtypes[2:]) == {torch.float32}
     assert predictor.precision == "fp32 (non-finite in bf16 mixed)"
     assert "non-finite values in bf16 mixed" in caplog.text
+
+
+@pytest.mark.parametrize("classes", [1, 2, 7, 40])
+def test_first_max_equals_torch_max_including_ties(classes):
+    """The engine's argmax (engine._first_max) gives torch's max and the first index of it, also where
+    classes tie exactly (rounded scores), on strided views like the engine's blending block."""
+    from backend.inference.engine import _first_max
+
+    rng = np.random.default_rng(classes)
+    scores = torch.from_numpy(np.round(rng.random((classes, 70, 90), dtype=np.float32) * 4) / 4)
+    view = scores[:, 3:65, 5:80]  # not contiguous
+    best, index = _first_max(view)
+    want_best, want_index = view.max(dim=0)
+    assert index.dtype == torch.uint8 and index.shape == want_index.shape
+    torch.testing.assert_close(best, want_best)
+    assert torch.equal(index.long(), want_index)
+    if classes > 1:
+        assert (view == best).sum(dim=0).max() > 1  # ties were exercised
+        assert len(torch.unique(index)) == classes
