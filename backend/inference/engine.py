@@ -33,7 +33,8 @@ from backend.io.tiling import Panel, TileLayout, blend_weights, pad_to, plan_pan
 from backend.io.writer import StripWriter, class_colormap
 from backend.progress import Progress
 
-__all__ = ["EngineInput", "EngineResult", "run_inference", "output_nodata", "normalise_classes", "auto_batch_size"]
+__all__ = ["EngineInput", "EngineResult", "run_inference", "output_nodata", "normalise_classes", "auto_batch_size",
+           "column_batches"]
 
 
 @dataclass
@@ -170,7 +171,7 @@ class _Reader(threading.Thread):
         try:
             L = self.layout
             for panel in self.panels:
-                col_batches = [[panel.first + j for j in cols] for cols in _split(panel.tile_columns, self.batch_size)]
+                col_batches = [[panel.first + j for j in cols] for cols in column_batches(panel.tile_columns, self.batch_size)]
                 for i in range(L.rows):
                     row0 = i * L.stride
                     h = min(L.tile, L.height - row0)
@@ -253,8 +254,8 @@ def _release_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _split(n: int, size: int) -> list:
-    """Split range(n) into ceil(n/size) consecutive, nearly equal chunks."""
+def column_batches(n: int, size: int) -> list:
+    """The engine's batches of a tile row: range(n) (tile columns) in ceil(n/size) consecutive, nearly equal chunks."""
     parts = max(1, math.ceil(n / max(1, size)))
     bounds = np.linspace(0, n, parts + 1).round().astype(int)
     return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
