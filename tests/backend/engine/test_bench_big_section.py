@@ -13,7 +13,7 @@ def test_big_raster_section_runs_the_job_as_a_default_job_would(tmp_path, monkey
     own_tile = read_model_meta(DEFAULT_MODEL)["tile_size"]
     assert results["big_default"]["tile"] == own_tile == 640  # the model file's tile, as a default job
     assert results["big_default"]["speedup"] > 0
-    # the model calls alone, on the same tiles and batches, are printed beside the job (the bound on it)
+    # the model calls alone, on the same tiles and batches, are printed beside the job
     assert results["big_default"]["network_only_speedup"] > 0
     assert "its model calls alone" in text
     assert "plain loop, PyTorch fp32, tile 256/32" in text and f"tile {own_tile}/64" in text

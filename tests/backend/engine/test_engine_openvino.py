@@ -39,10 +39,10 @@ def test_fp32_gives_pytorch_probabilities_for_every_batch_size(exported_landcove
     reference = TorchPredictor(net.eval(), device="cpu")
     ov = OpenVinoPredictor(exported_landcover["onnx"], precision="fp32")
     assert ov.fixed_tile_size == 64 and ov.device == "cpu" and ov.precision == "fp32, OpenVINO"
-    assert ov.preferred_batch_size == 1  # what the engine runs it with by default
+    assert ov.preferred_batch_size == 2  # what the engine runs it with by default: a tile per stream
     first = ov([tiles[:2]])
     kept = first.copy()
-    last = ov([tiles[2:]])  # another shape: compiled for it, must not overwrite `first`
+    last = ov([tiles[2:]])  # a shorter batch: one stream, must not overwrite `first`
     np.testing.assert_allclose(first, np.asarray(reference([tiles[:2]])), atol=1e-4)
     np.testing.assert_allclose(last, np.asarray(reference([tiles[2:]])), atol=1e-4)
     np.testing.assert_array_equal(first, kept)
@@ -50,7 +50,13 @@ def test_fp32_gives_pytorch_probabilities_for_every_batch_size(exported_landcove
     np.testing.assert_allclose(first.sum(axis=1), 1.0, atol=1e-5)
     again = ov([tiles[:2]])  # a shape seen before: its compiled request again
     np.testing.assert_allclose(again, first, atol=1e-6)
-    assert sorted(shape[0][0] for shape in ov._requests) == [1, 2]
+    three = ov([tiles])  # more tiles than streams: two waves
+    np.testing.assert_allclose(three, np.asarray(reference([tiles])), atol=1e-4)
+    # one model compiled for one tile serves every batch, with an infer request per stream
+    assert list(ov._requests) == [((1, 3, 64, 64),)] and len(ov._requests[((1, 3, 64, 64),)]) == 2
+    single = OpenVinoPredictor(exported_landcover["onnx"], precision="fp32", streams=1)
+    assert single.preferred_batch_size == 1 and single._config["PERFORMANCE_HINT"] == "LATENCY"
+    np.testing.assert_allclose(single([tiles]), three, atol=1e-5)
 
 
 def test_bf16_stays_close_to_fp32(exported_landcover, tiles):
