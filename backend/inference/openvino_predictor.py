@@ -128,16 +128,31 @@ class OpenVinoPredictor:
         out = None
         for first in range(0, n, len(requests)):
             wave = list(zip(range(first, n), requests))
-            for i, request in wave:  # the tiles of a wave run side by side, one per stream
-                request.start_async({name: a[i:i + 1] for name, a in zip(self.input_names, arrays)})
-            for i, request in wave:
-                request.wait()
-                # the output tensor is the request's own buffer, reused by its next tile: copy it out
-                tile = request.get_output_tensor(0).data
-                if out is None:
-                    out = np.empty((n,) + tile.shape[1:], np.float32)
-                out[i] = tile[0]
+            started = []
+            try:
+                for i, request in wave:  # the tiles of a wave run side by side, one per stream
+                    request.start_async({name: a[i:i + 1] for name, a in zip(self.input_names, arrays)})
+                    started.append(request)
+                for i, request in wave:
+                    request.wait()
+                    # the output tensor is the request's own buffer, reused by its next tile: copy it out
+                    tile = request.get_output_tensor(0).data
+                    if out is None:
+                        out = np.empty((n,) + tile.shape[1:], np.float32)
+                    out[i] = tile[0]
+            except BaseException:
+                _settle(started)  # a request still running would refuse the next batch ("busy")
+                raise
         return out
+
+
+def _settle(requests: list) -> None:
+    """Wait for every started infer request, ignoring their errors (one is being raised already)."""
+    for request in requests:
+        try:
+            request.wait()
+        except Exception:
+            pass
 
 
 def _with_softmax(model):

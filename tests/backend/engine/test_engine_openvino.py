@@ -269,3 +269,26 @@ def test_an_unusable_compiled_model_cache_only_costs_compile_time(exported_landc
     assert "OpenVINO model cache" in caplog.text and "compiling without it" in caplog.text
     reference = OpenVinoPredictor(exported_landcover["onnx"], precision="fp32")
     np.testing.assert_allclose(predictor([tiles]), reference([tiles]), atol=1e-6)
+
+
+def test_a_tile_that_fails_to_start_leaves_no_stream_running(exported_landcover, tiles):
+    """A batch's tiles start side by side: when one fails, the others are waited for before the error goes
+    up, so no infer request is left running (it would refuse the next batch as busy)."""
+    ov = OpenVinoPredictor(exported_landcover["onnx"], precision="fp32")
+    good = ov([tiles[:2]])
+    shape = ((1, 3, 64, 64),)
+    real = ov._requests[shape]
+
+    class Refusing:
+        def start_async(self, feeds):
+            raise RuntimeError("refused to start")
+
+        def wait(self):
+            pass
+
+    ov._requests[shape] = [real[0], Refusing()]
+    with pytest.raises(RuntimeError, match="refused to start"):
+        ov([tiles[:2]])
+    assert real[0].wait_for(0)  # the first tile, started before the failure, has finished
+    ov._requests[shape] = real
+    np.testing.assert_allclose(ov([tiles[:2]]), good, atol=1e-6)
