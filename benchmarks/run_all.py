@@ -7,6 +7,8 @@ Sections (all on synthetic rasters generated into a temporary folder):
   1c. runtime "compile" (torch.compile): first-run compile cost (empty and filled kernel cache) and speed.
   1d. A big raster (6144²) run as a default CPU land-cover job runs it (runtime auto, the model file's tile)
       against the plain loop: the issue's 3x aim.
+  1e. A batch of default jobs on 2048² rasters through the backend's job queue (benchmarks.job_batch): the
+      first runs PyTorch, the idle worker prepares OpenVINO, the later ones run it.
   2. PyTorch eager vs ONNX Runtime vs OpenVINO inside the engine (when models.onnx_export can export).
   3. Peak memory (VmHWM of a fresh process) from 2048² to 20k², tall and wide rasters.
   4. On a CUDA GPU: a plain batch-of-one loop vs the engine in fp32, fp16 and bf16 autocast, for the tiny
@@ -620,6 +622,11 @@ def _bench_int8(tmp: Path, size: int, results: dict) -> str:
     return bench_int8(tmp, size, results)
 
 
+def _bench_job_batch(tmp: Path, size: int, results: dict) -> str:
+    from benchmarks.job_batch import bench_job_batch  # imports this module: import late
+    return bench_job_batch(tmp, size, results, repeat=max(1, REPEAT - 1))
+
+
 def _bench_reliability(tmp: Path, size: int, results: dict) -> str:
     from benchmarks.reliability import bench_reliability
     return bench_reliability(tmp, size, results, table)
@@ -635,6 +642,8 @@ def main(argv=None) -> int:
                     help="also measure memory with the real tiny model at this size (0: skip)")
     ap.add_argument("--big-size", type=int, default=6144,
                     help="raster side for section 1d, the default CPU job against the plain loop (~2 min at 6144)")
+    ap.add_argument("--batch-size", type=int, default=2048,
+                    help="raster side for section 1e, a batch of default jobs through the job queue")
     ap.add_argument("--gpu-size", type=int, default=4096)
     ap.add_argument("--gpu-huge-size", type=int, default=2048,
                     help="raster side for the full-size model on the GPU (0: skip that model)")
@@ -643,7 +652,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reliability-size", type=int, default=2048,
                     help="raster side for the reliability section (cancel, kill, restart, queue: ~1 min at 2048)")
     ap.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes)")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,big,compile,precision,onnx,memory,gpu,int8,reliability")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,big,batch,compile,precision,onnx,memory,gpu,int8,reliability")
     ap.add_argument("--repeat", type=int, default=3, help="speed runs: best of this many (default 3)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
@@ -666,6 +675,7 @@ def main(argv=None) -> int:
         tmp = Path(tmpdir)
         for name, run in (("speed", lambda: bench_speed(tmp, args.speed_size, results)),
                           ("big", lambda: bench_big_default(tmp, args.big_size, results, max(1, REPEAT - 1))),
+                          ("batch", lambda: _bench_job_batch(tmp, args.batch_size, results)),
                           ("compile", lambda: bench_compile(tmp, args.speed_size, results)),
                           ("precision", lambda: bench_precision_real(tmp, results)),
                           ("onnx", lambda: bench_onnx(tmp, args.speed_size, results)),

@@ -96,6 +96,17 @@ class OpenVinoPredictor:
         self._fallback, self._replacement = fallback, None
         self.precision = self._precision
 
+    def compile_exported_shape(self) -> None:
+        """Compile now, for one tile of the shape the model was exported at (the engine's fitted tile),
+        what the first batch of a job would otherwise compile."""
+        shapes = []
+        for port in self._model.inputs:
+            shape = port.get_partial_shape()
+            if not shape[1:].is_static:
+                raise ValueError(f"{self.path.name} was exported without a fixed tile shape ({shape})")
+            shapes.append((1,) + tuple(int(d.get_length()) for d in shape[1:]))
+        self._requests_for(tuple(shapes))
+
     def _compile_failed(self, shapes: Tuple[tuple, ...], exc: Exception):
         what = f"OpenVINO could not compile {self.path.name} for inputs {list(shapes)} ({type(exc).__name__}: {exc})"
         if self._fallback is None:

@@ -1,5 +1,7 @@
 """Job queue: FIFO with ONE worker thread, so two jobs never share the GPU or
-write at the same time. Jobs live in memory for the life of the server."""
+write at the same time. Jobs live in memory for the life of the server. When the
+queue runs empty the worker does the idle work (by default: preparing the OpenVINO
+model the last CPU job would have run had it been ready), so later jobs run faster."""
 from __future__ import annotations
 
 import collections
@@ -8,7 +10,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional
 
 from backend.errors import CancelledError, SkySenseError
 from backend.progress import Progress
@@ -48,7 +50,13 @@ class Job:
 class JobManager:
     """Submit, inspect, cancel and forget jobs; one daemon worker runs them in order."""
 
-    def __init__(self, max_finished: int = 500):
+    def __init__(self, max_finished: int = 500, idle_work: Optional[Callable[[], Optional[str]]] = None):
+        """idle_work: called by the worker after a job when no other is queued; returns what it did (or
+        None). Jobs submitted meanwhile wait for it. Default: runtime.prepare_openvino_while_idle."""
+        if idle_work is None:
+            from backend.inference.runtime import prepare_openvino_while_idle as idle_work
+        self._idle_work = idle_work
+        self._idle_since: Optional[float] = None  # when the idle work began, while it runs
         self._jobs: Dict[str, Job] = {}
         self._queue: Deque[str] = collections.deque()
         self._cond = threading.Condition()
@@ -140,11 +148,14 @@ class JobManager:
 
     # -- internals ----------------------------------------------------------------
     def _describe(self, job: Job) -> dict:
-        position = None
+        position, message = None, job.message
         if job.state == "queued":
             position = self._queue.index(job.id) + (1 if self._running else 0)
+            if self._idle_since is not None:
+                message = (f"queued: the backend is preparing OpenVINO so that this job runs faster "
+                           f"({time.time() - self._idle_since:.0f} s so far)")
         return {"id": job.id, "kind": job.kind, "state": job.state, "progress": job.progress,
-                "message": job.message, "result": job.result, "error": job.error,
+                "message": message, "result": job.result, "error": job.error,
                 "created": job.created, "started": job.started, "finished": job.finished,
                 "queue_position": position}
 
@@ -205,4 +216,21 @@ class JobManager:
             with self._cond:
                 self._running = None
                 self._finish(job, *outcome)
+                idle = not self._queue and not self._closing
+                if idle:
+                    self._idle_since = time.time()
             log.info("job %s %s%s", job.id, outcome[0], f": {outcome[2]}" if outcome[2] else "")
+            if idle:
+                self._do_idle_work()
+
+    def _do_idle_work(self) -> None:
+        try:
+            done = self._idle_work()
+        except BaseException:  # never let the worker die
+            log.exception("idle work failed")
+            done = None
+        with self._cond:
+            if done:
+                log.info("prepared while idle in %.1f s: %s", time.time() - self._idle_since, done)
+            self._idle_since = None
+            self._cond.notify_all()

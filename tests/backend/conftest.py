@@ -53,3 +53,12 @@ def exported_landcover(tmp_path_factory):
     bare = folder / "bare.onnx"
     onnx.save(proto, str(bare))
     return {"pth": pth, "onnx": exported, "bare": bare}
+
+
+@pytest.fixture(autouse=True)
+def _no_openvino_wish_outlives_its_test():
+    """A job's wish for OpenVINO (runtime._WANTED) is prepared by the next idle job worker: keep it from
+    reaching another test's server."""
+    yield
+    from backend.inference import runtime
+    runtime._WANTED.clear()

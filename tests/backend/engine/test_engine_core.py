@@ -554,3 +554,44 @@ def test_first_max_equals_torch_max_including_ties(classes):
     if classes > 1:
         assert (view == best).sum(dim=0).max() > 1  # ties were exercised
         assert len(torch.unique(index)) == classes
+
+
+def test_heap_is_trimmed_only_once_the_process_has_grown_by_the_slack(monkeypatch):
+    from backend.inference import engine
+
+    trims, resident = [], []
+    monkeypatch.setattr(engine, "_MALLOC_TRIM", lambda pad: trims.append(pad))
+    monkeypatch.setattr(engine, "_resident_bytes", lambda: resident.pop(0))
+    mb = 1 << 20
+    trimmer = engine._HeapTrimmer(slack=64 * mb)
+    # first row sets the floor; growth within the slack costs nothing
+    for rss in (300, 330, 364):
+        resident.append(rss * mb)
+        trimmer.row_done()
+    assert trims == [] and trimmer.floor == 300 * mb
+    resident.extend([365 * mb, 310 * mb])  # past the slack: trimmed, the floor is what is left after it
+    trimmer.row_done()
+    assert trims == [0] and trimmer.floor == 310 * mb and resident == []
+    resident.extend([380 * mb, 379 * mb])  # memory really in use: trimmed once, then the floor rises with it
+    trimmer.row_done()
+    resident.append(420 * mb)
+    trimmer.row_done()
+    assert len(trims) == 2 and trimmer.floor == 379 * mb
+
+    monkeypatch.setattr(engine, "_resident_bytes", lambda: None)  # no /proc: every row, as before
+    for _ in range(3):
+        trimmer.row_done()
+    assert len(trims) == 5
+    monkeypatch.setattr(engine, "_MALLOC_TRIM", None)  # not glibc: nothing to call
+    trimmer.row_done()
+    assert len(trims) == 5
+
+
+def test_resident_bytes_reads_this_process():
+    from backend.inference.engine import _resident_bytes
+
+    before = _resident_bytes()
+    block = np.ones(64 << 20, np.uint8)  # 64 MB touched
+    after = _resident_bytes()
+    assert before is not None and after - before > 48 << 20
+    del block

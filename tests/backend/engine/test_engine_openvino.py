@@ -2,6 +2,7 @@
 jobs, clear errors when asked for and unusable, and usable on exported .onnx model files."""
 import logging
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -292,3 +293,88 @@ def test_a_tile_that_fails_to_start_leaves_no_stream_running(exported_landcover,
     assert real[0].wait_for(0)  # the first tile, started before the failure, has finished
     ov._requests[shape] = real
     np.testing.assert_allclose(ov([tiles[:2]]), good, atol=1e-6)
+
+
+def test_a_job_that_found_openvino_unready_has_it_prepared_while_idle_for_the_next(monkeypatch, tmp_path, model,
+                                                                                   tiles, caplog):
+    import openvino
+
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
+    monkeypatch.setattr(runtime, "_WANTED", {})
+    model_path = tmp_path / "weights.bin"
+    model_path.write_bytes(b"stand-in for a model file")
+    held_size = runtime.OPENVINO_MIN_MEGAPIXELS["compiled"] * 1.1  # enough for a held model, not for more
+
+    def job(megapixels, path=model_path):  # tiles of 64 px
+        return runtime.make_predictor(model, device="cpu", tile_size=64, model_path=path,
+                                      expected_tiles=int(megapixels * 1e6 / 64 ** 2) + 1)
+
+    assert isinstance(job(runtime.OPENVINO_MIN_MEGAPIXELS["compiled"] * 0.9), TorchPredictor)
+    assert runtime.prepare_openvino_while_idle() is None  # too small even for a held model: nothing wanted
+    assert isinstance(job(held_size, path=None), TorchPredictor)
+    assert runtime.prepare_openvino_while_idle() is None  # an in-memory model: no lasting export to prepare
+    assert not (tmp_path / "cache" / "onnx").exists()
+
+    assert isinstance(job(held_size), TorchPredictor)  # nothing ready: this job runs PyTorch...
+    prepared = runtime.prepare_openvino_while_idle()  # ...and the idle server prepares OpenVINO
+    assert prepared == "weights.bin, tile 64, fp32, OpenVINO"
+    assert runtime.openvino_ready(model_path, 64) == "compiled"
+    assert runtime.prepare_openvino_while_idle() is None  # once
+
+    compiles = []
+    real_compile = openvino.Core.compile_model
+    monkeypatch.setattr(openvino.Core, "compile_model",
+                        lambda self, *a, **k: compiles.append(a) or real_compile(self, *a, **k))
+    chosen = job(held_size)
+    assert isinstance(chosen, OpenVinoPredictor)
+    out = chosen([tiles[:2]])
+    assert compiles == []  # the job's tile shape was compiled while idle
+    np.testing.assert_allclose(out, np.asarray(TorchPredictor(model, device="cpu")([tiles[:2]])), atol=1e-4)
+
+    # after a restart the export is cached; a compile that fails while idle leaves nothing half-held
+    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
+    assert isinstance(job(held_size), TorchPredictor)
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("Exception from src/plugins/intel_cpu: unsupported operation Foo")
+    monkeypatch.setattr(openvino.Core, "compile_model", refuse)
+    with caplog.at_level(logging.WARNING):
+        assert runtime.prepare_openvino_while_idle() is None
+    assert "could not prepare OpenVINO for weights.bin at tile 64" in caplog.text
+    assert runtime.openvino_ready(model_path, 64) == "exported"
+    assert isinstance(job(held_size), TorchPredictor)
+
+
+def test_a_batch_of_default_jobs_through_the_job_queue_runs_openvino_from_the_second(
+        monkeypatch, tmp_path, exported_landcover, scene):  # noqa: F811
+    from backend.server.jobs import JobManager
+
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
+    monkeypatch.setattr(runtime, "_WANTED", {})
+    # this small scene is big enough for a held compiled model, too small to repay an export or a compile
+    monkeypatch.setattr(runtime, "OPENVINO_MIN_MEGAPIXELS", {"compiled": 0.001, "exported": 1e6, "nothing": 1e6})
+    manager = JobManager()
+    try:
+        results = []
+        for k in range(3):
+            job = manager.submit("landcover", _params(scene, exported_landcover["pth"], tmp_path / f"job{k}",
+                                                       name=f"job{k}", batch_size=0))
+            info = manager.wait(job.id, 120)
+            assert info["state"] == "done", info
+            results.append(info["result"]["metrics"])
+            if k == 0:  # the worker prepares OpenVINO once the queue is empty
+                assert manager._worker.is_alive()
+                end = time.monotonic() + 120
+                while runtime.openvino_ready(exported_landcover["pth"], 64) != "compiled":
+                    assert time.monotonic() < end, "OpenVINO was not prepared while idle"
+                    time.sleep(0.05)
+    finally:
+        manager.close(timeout=60)
+    runtimes = [m["runtime"] for m in results]
+    assert runtimes == ["TorchPredictor", "OpenVinoPredictor", "OpenVinoPredictor"], runtimes
+    assert "OpenVINO" in results[1]["precision"] and "OpenVINO" not in results[0]["precision"]
+    with rasterio.open(tmp_path / "job0" / "job0.tif") as a, rasterio.open(tmp_path / "job1" / "job1.tif") as b:
+        assert (a.read(1) == b.read(1)).mean() > 0.97

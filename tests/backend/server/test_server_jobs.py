@@ -141,3 +141,65 @@ def test_server_job_manager_close_cancels_everything(test_kinds, helpers, out_ro
     assert manager.get(running.id)["state"] == "cancelled"
     assert manager.get(queued.id)["state"] == "cancelled"
     assert not (out_root / "r").exists()  # made for the job, removed with its partial files
+
+
+def test_idle_work_runs_once_the_queue_is_empty_and_jobs_queued_meanwhile_wait_saying_why(test_kinds, helpers,
+                                                                                         out_root):
+    import threading
+
+    from backend.server.jobs import JobManager
+    from backend.server.paths import validate_job_paths
+
+    calls, release = [], threading.Event()
+
+    def idle_work():
+        calls.append(list(helpers.run_log))
+        assert release.wait(30)
+        return "a stand-in for OpenVINO"
+
+    manager = JobManager(idle_work=idle_work)
+
+    def submit(gate):
+        params = {"output_dir": str(out_root / gate), "gate": gate, "name": "gated", "source": None}
+        return manager.submit("gated", params, validate_job_paths(params))
+
+    try:
+        for gate in ("a", "b", "c"):
+            helpers.gate(gate)
+        a, b = submit("a"), submit("b")  # queued together: no idle work between them
+        assert helpers.started["a"].wait(30)
+        helpers.gates["a"].set()
+        helpers.gates["b"].set()
+        assert manager.wait(b.id, 30)["state"] == "done"
+        assert helpers.wait_for(lambda: len(calls) == 1)
+        assert calls[0] == [("start", "a"), ("end", "a"), ("start", "b"), ("end", "b")]
+        helpers.gates["c"].set()
+        c = submit("c")  # arrives while the worker prepares: waits, and says why
+        assert not helpers.started["c"].wait(0.3)
+        info = manager.get(c.id)
+        assert info["state"] == "queued" and "preparing OpenVINO" in info["message"]
+        release.set()
+        assert manager.wait(c.id, 30)["state"] == "done"
+        assert manager.get(c.id)["message"] == "done"
+        assert helpers.wait_for(lambda: len(calls) == 2)  # after c, idle again
+    finally:
+        release.set()
+        manager.close(timeout=30)
+
+
+def test_idle_work_that_fails_leaves_the_worker_running(test_kinds, helpers, out_root):
+    from backend.server.jobs import JobManager
+    from backend.server.paths import validate_job_paths
+
+    def broken():
+        raise RuntimeError("idle work blew up")
+
+    manager = JobManager(idle_work=broken)
+    try:
+        for gate in ("x", "y"):
+            helpers.gate(gate).set()
+            params = {"output_dir": str(out_root / gate), "gate": gate, "name": "gated", "source": None}
+            job = manager.submit("gated", params, validate_job_paths(params))
+            assert manager.wait(job.id, 30)["state"] == "done"
+    finally:
+        manager.close(timeout=30)
