@@ -7,8 +7,8 @@ Sections (all on synthetic rasters generated into a temporary folder):
   1c. runtime "compile" (torch.compile): first-run compile cost (empty and filled kernel cache) and speed.
   1d. A big raster (6144²) run as a default CPU land-cover job runs it (runtime auto, the model file's tile)
       against the plain loop: the issue's 3x aim.
-  1e. A batch of default jobs on 2048² rasters through the backend's job queue (benchmarks.job_batch): the
-      first runs PyTorch, the idle worker prepares OpenVINO, the later ones run it.
+  1e. Batches of default jobs on 2048² and 1024² rasters through the backend's job queue
+      (benchmarks.job_batch): the first two run PyTorch, the idle worker prepares OpenVINO, the rest run it.
   2. PyTorch eager vs ONNX Runtime vs OpenVINO inside the engine (when models.onnx_export can export).
   3. Peak memory (VmHWM of a fresh process) from 2048² to 20k², tall and wide rasters.
   4. On a CUDA GPU: a plain batch-of-one loop vs the engine in fp32, fp16 and bf16 autocast, for the tiny
@@ -622,9 +622,10 @@ def _bench_int8(tmp: Path, size: int, results: dict) -> str:
     return bench_int8(tmp, size, results)
 
 
-def _bench_job_batch(tmp: Path, size: int, results: dict) -> str:
+def _bench_job_batch(tmp: Path, sizes: str, results: dict) -> str:
     from benchmarks.job_batch import bench_job_batch  # imports this module: import late
-    return bench_job_batch(tmp, size, results, repeat=max(1, REPEAT - 1))
+    return "\n".join(bench_job_batch(tmp, int(size), results, repeat=max(1, REPEAT - 1))
+                     for size in sizes.split(",") if size.strip())
 
 
 def _bench_reliability(tmp: Path, size: int, results: dict) -> str:
@@ -642,8 +643,8 @@ def main(argv=None) -> int:
                     help="also measure memory with the real tiny model at this size (0: skip)")
     ap.add_argument("--big-size", type=int, default=6144,
                     help="raster side for section 1d, the default CPU job against the plain loop (~2 min at 6144)")
-    ap.add_argument("--batch-size", type=int, default=2048,
-                    help="raster side for section 1e, a batch of default jobs through the job queue")
+    ap.add_argument("--batch-sizes", default="2048,1024",
+                    help="raster sides for section 1e, batches of default jobs through the job queue")
     ap.add_argument("--gpu-size", type=int, default=4096)
     ap.add_argument("--gpu-huge-size", type=int, default=2048,
                     help="raster side for the full-size model on the GPU (0: skip that model)")
@@ -675,7 +676,7 @@ def main(argv=None) -> int:
         tmp = Path(tmpdir)
         for name, run in (("speed", lambda: bench_speed(tmp, args.speed_size, results)),
                           ("big", lambda: bench_big_default(tmp, args.big_size, results, max(1, REPEAT - 1))),
-                          ("batch", lambda: _bench_job_batch(tmp, args.batch_size, results)),
+                          ("batch", lambda: _bench_job_batch(tmp, args.batch_sizes, results)),
                           ("compile", lambda: bench_compile(tmp, args.speed_size, results)),
                           ("precision", lambda: bench_precision_real(tmp, results)),
                           ("onnx", lambda: bench_onnx(tmp, args.speed_size, results)),

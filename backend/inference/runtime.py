@@ -12,6 +12,7 @@ fp32 inside the engine, label agreement with fp32 ~99 %), fp32 elsewhere.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import tempfile
@@ -23,7 +24,7 @@ from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_ava
 from backend.inference.predictors import (OnnxRuntimePredictor, TorchPredictor, cache_root, cpu_has_native_bf16,
                                          resolve_device)
 
-__all__ = ["RUNTIMES", "make_predictor", "openvino_for_big_cpu_job", "openvino_ready", "load_task_predictor",
+__all__ = ["RUNTIMES", "LazyModel", "model_file_meta", "make_predictor", "openvino_for_big_cpu_job", "openvino_ready", "load_task_predictor",
            "prepare_openvino_while_idle", "onnx_cache_dir", "openvino_cache_dir", "ONNX_MIN_MEGAPIXELS",
            "OPENVINO_MIN_MEGAPIXELS"]
 
@@ -32,10 +33,55 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "torch", "onnx", "compile", "openvino")
 ONNX_MIN_MEGAPIXELS = 40.0  # ~40 s of eager CPU time for the tiny model: a ~10 % gain then repays the ~5 s export
 # Work (MP) from which "auto" runs a CPU job with OpenVINO, by what the job finds ready: the compiled model
-# held from the previous job (nothing to pay), the ONNX export cached on disk (a compile: 0.8 s from
-# OpenVINO's own cache, 1.6-3.5 s without), or nothing (export and compile). OpenVINO bf16 saved 0.13 s
-# per MP of work over PyTorch bf16 in the engine (2048², tile 512) and nothing at 1024² (2.4 MP).
-OPENVINO_MIN_MEGAPIXELS = {"compiled": 4.0, "exported": 10.0, "nothing": ONNX_MIN_MEGAPIXELS}
+# for the job's tile held from an earlier job or prepared while idle (nothing to pay: OpenVINO bf16 was
+# faster than PyTorch bf16 at every size measured, 512²: 0.10 against 0.12 s, 1024²: 0.25 against 0.44 s,
+# 2048²: 1.1 against 2.0 s), the ONNX export cached on disk (a compile: 0.6-0.8 s from OpenVINO's own
+# cache, 1.6-3.5 s without), or nothing (export and compile).
+OPENVINO_MIN_MEGAPIXELS = {"compiled": 0.0, "exported": 10.0, "nothing": ONNX_MIN_MEGAPIXELS}
+
+
+class LazyModel:
+    """A model file's nn.Module, built on first use (`get`). make_predictor and the functions below accept
+    one wherever they take a model: a job that runs the compiled OpenVINO model already held for its file
+    and tile never builds the module (1024²: 0.08 s of a 0.36 s job)."""
+
+    def __init__(self, load: Callable[[], Any]):
+        self._load, self._module = load, None
+
+    def get(self):
+        if self._module is None:
+            self._module = self._load()
+        return self._module
+
+
+def _module(model):
+    return model.get() if isinstance(model, LazyModel) else model
+
+
+_METAS: Dict[tuple, Dict[str, Any]] = {}  # (path, size, mtime) -> metadata of a project model file
+
+
+def model_file_meta(path, tasks: Sequence[str], what: str = "model") -> Dict[str, Any]:
+    """The metadata of a project model file (.pth) whose task is one of `tasks`, read once per version of
+    the file (a copy each time): what a job needs before it knows whether it will build the model at all.
+    InputErrors as load_task_predictor's."""
+    from models.checkpoint import CheckpointError, read_model_meta
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} model file not found: {path}")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _METAS:
+        try:
+            meta = read_model_meta(path)
+        except CheckpointError as exc:
+            raise InputError(f"{what} model {path} cannot be used: {exc}") from None
+        _check_task(path, meta, tasks, what)
+        if len(_METAS) >= 16:
+            _METAS.clear()
+        _METAS[key] = meta
+    return copy.deepcopy(_METAS[key])
 
 
 def onnx_cache_dir() -> Path:
@@ -77,11 +123,11 @@ def _exported_onnx(model, model_path: Optional[Path], tile_size: int) -> Iterato
     if model_path is not None and Path(model_path).is_file():
         onnx_path = _cached_onnx_path(Path(model_path), tile_size)
         if not onnx_path.exists():
-            export_onnx(model, onnx_path, tile_size=tile_size)
+            export_onnx(_module(model), onnx_path, tile_size=tile_size)
         yield onnx_path, True
         return
     with tempfile.TemporaryDirectory(prefix="skysense-onnx-") as folder:
-        yield export_onnx(model, Path(folder) / "model.onnx", tile_size=tile_size), False
+        yield export_onnx(_module(model), Path(folder) / "model.onnx", tile_size=tile_size), False
 
 
 def _onnx_predictor(model, model_path: Optional[Path], tile_size: int) -> OnnxRuntimePredictor:
@@ -139,11 +185,13 @@ def _held_openvino_predictor(onnx_path: Path, precision: str) -> OpenVinoPredict
     return predictor
 
 
-# What the last CPU job would have run with OpenVINO had it been ready (big enough for a held compiled
-# model, not for the export or compile it found left to do): (model, model file, tile size, amp). The
-# server prepares it while idle (prepare_openvino_while_idle), so that in a run of such jobs (a Processing
-# batch of 2048² tiles) the second and later ones run OpenVINO: 2048², 1.1 s against 2.0 s for PyTorch bf16.
+# What the last CPU job would have run with OpenVINO had it been ready, when it had the same model file,
+# tile size and precision as the job before it (a batch run, e.g. Processing's over same-sized rasters):
+# (model, model file, tile size, amp). The server prepares it while idle (prepare_openvino_while_idle), so
+# the later jobs of the run use OpenVINO. A single job is not evidence enough: jobs of other sizes (other
+# fitted tiles) would each wait for a preparation of no use to them.
 _WANTED: Dict[str, tuple] = {}
+_PREVIOUS_CPU_JOB: Dict[str, tuple] = {}  # "key" -> (model file, tile size, amp) of the last CPU job
 
 
 def prepare_openvino_while_idle() -> Optional[str]:
@@ -170,20 +218,25 @@ def openvino_for_big_cpu_job(model, *, device: str, model_path=None, tile_size: 
                              amp: bool = True) -> Optional[OpenVinoPredictor]:
     """The OpenVINO predictor runtime "auto" uses for a CPU job big enough to repay OpenVINO's start-up
     (OPENVINO_MIN_MEGAPIXELS, by what openvino_ready finds) where openvino is installed, else None (a
-    GPU, a small job, no openvino, or an export/compile failure, logged). A job big enough for a held
-    compiled model that found one not ready is remembered for prepare_openvino_while_idle."""
+    GPU, a small job, no openvino, or an export/compile failure, logged). A job that found OpenVINO not
+    ready, with the same model file and tile as the job before it, is remembered for
+    prepare_openvino_while_idle."""
     _WANTED.clear()  # only the latest job's wish is prepared
     work = expected_tiles * tile_size * tile_size / 1e6
     if resolve_device(device) != "cpu" or work < min(OPENVINO_MIN_MEGAPIXELS.values()):
         return None
+    lasting = model_path is not None and Path(model_path).is_file()  # an in-memory model has no lasting export
+    key = (str(Path(model_path).resolve()), int(tile_size), bool(amp)) if lasting else None
+    repeated = key is not None and _PREVIOUS_CPU_JOB.get("key") == key
+    _PREVIOUS_CPU_JOB["key"] = key
     if not openvino_available():
         return None
     if work < OPENVINO_MIN_MEGAPIXELS[openvino_ready(model_path, tile_size, amp)]:
-        if model_path is not None and Path(model_path).is_file():  # an in-memory model has no lasting export
+        if repeated:
             _WANTED["last job"] = (model, Path(model_path), int(tile_size), amp)
         return None
     def pytorch():  # what auto would have run otherwise, should OpenVINO fail to compile the model mid-job
-        return TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=amp and cpu_has_native_bf16())
+        return TorchPredictor(_module(model), device="cpu", as_tensor=True, cpu_bf16=amp and cpu_has_native_bf16())
 
     try:
         return _openvino_predictor(model, model_path, tile_size, amp, fallback=pytorch)
@@ -201,8 +254,8 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     native bf16 and `amp`, else fp32; error if openvino is missing or the export fails), "compile"
     (PyTorch through torch.compile, with auto's precision: fp16 on CUDA, bf16 on CPUs with native bf16,
     else fp32; uncompiled where compiling fails), or "auto": PyTorch on CUDA; on CPU, OpenVINO for jobs
-    computing at least OPENVINO_MIN_MEGAPIXELS (expected_tiles x tile_size²; 40, 10 or 4 MP by what is
-    ready, see openvino_ready) where installed, else ONNX Runtime for jobs of ONNX_MIN_MEGAPIXELS on CPUs
+    computing at least OPENVINO_MIN_MEGAPIXELS (expected_tiles x tile_size²; 40 or 10 MP by what is
+    ready, any size once compiled, see openvino_ready) where installed, else ONNX Runtime for jobs of ONNX_MIN_MEGAPIXELS on CPUs
     without native bf16; otherwise (or where those fail) PyTorch, with bf16 autocast where
     the CPU has native bf16 (and `amp`), else fp32.
     """
@@ -212,7 +265,7 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     resolved = resolve_device(device)
     work_mp = expected_tiles * tile_size * tile_size / 1e6
     if runtime == "compile":
-        return TorchPredictor(model, device=resolved, amp=amp, as_tensor=True, compile=True,
+        return TorchPredictor(_module(model), device=resolved, amp=amp, as_tensor=True, compile=True,
                               cpu_bf16=resolved == "cpu" and amp and cpu_has_native_bf16())
     if runtime == "openvino":
         if resolved != "cpu":
@@ -228,9 +281,9 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
         if chosen is not None:
             return chosen
     if runtime == "auto" and resolved == "cpu" and amp and cpu_has_native_bf16():
-        return TorchPredictor(model, device="cpu", as_tensor=True, cpu_bf16=True)
+        return TorchPredictor(_module(model), device="cpu", as_tensor=True, cpu_bf16=True)
     if runtime == "torch" or (runtime == "auto" and (resolved != "cpu" or work_mp < ONNX_MIN_MEGAPIXELS)):
-        return TorchPredictor(model, device=resolved, amp=amp, as_tensor=True)
+        return TorchPredictor(_module(model), device=resolved, amp=amp, as_tensor=True)
     if runtime == "onnx" and resolved != "cpu":
         raise InputError("runtime 'onnx' runs on the CPU; use runtime 'torch' for CUDA")
     try:
@@ -239,7 +292,7 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
         if runtime == "onnx":
             raise InputError(f"the model could not be run with ONNX Runtime: {exc}") from None
         log.warning("ONNX Runtime unavailable for this model (%s); using PyTorch", exc)
-        return TorchPredictor(model, device=resolved, amp=amp, as_tensor=True)
+        return TorchPredictor(_module(model), device=resolved, amp=amp, as_tensor=True)
 
 
 def load_task_predictor(path, tasks: Sequence[str], device: str = "auto",

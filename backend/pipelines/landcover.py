@@ -18,7 +18,7 @@ from backend.errors import InputError
 from backend.inference.engine import EngineInput, normalise_classes, run_inference
 from backend.inference.predictors import FlipTTA
 from backend.inference.openvino_predictor import OpenVinoPredictor
-from backend.inference.runtime import load_task_predictor, make_predictor
+from backend.inference.runtime import LazyModel, load_task_predictor, make_predictor, model_file_meta
 from backend.io.atomic import AtomicOutputs
 from backend.io.mosaic import build_mosaic_vrt
 from backend.io.preview import write_preview
@@ -33,16 +33,21 @@ DEFAULT_MODEL = ROOT / "resources" / "models" / "landcover_loveda_tiny.pth"
 __all__ = ["run", "run_landcover", "load_segmentation_model", "DEFAULT_MODEL"]
 
 
-def load_segmentation_model(path, device: str = "auto") -> tuple:
+def load_segmentation_model(path, device: str = "auto", lazy: bool = False) -> tuple:
     """(model, meta) from a model file of task "segmentation"; InputError otherwise.
 
-    A project model file (.pth) gives an nn.Module; an exported .onnx file gives an
+    A project model file (.pth) gives an nn.Module (with `lazy`, a LazyModel that builds it on first use,
+    the metadata read once per version of the file); an exported .onnx file gives an
     OnnxRuntimePredictor on `device` (backend.inference.runtime.load_task_predictor)."""
     path = Path(path) if path else DEFAULT_MODEL
     if not path.exists():
         hint = " (train the default models with `make train-default`)" if path == DEFAULT_MODEL else ""
         raise InputError(f"model file not found: {path}{hint}")
-    model, meta = load_task_predictor(path, ("segmentation",), device=device, what="land-cover")
+    if lazy and path.suffix.lower() != ".onnx":
+        meta = model_file_meta(path, ("segmentation",), what="land-cover")
+        model = LazyModel(lambda: load_task_predictor(path, ("segmentation",), device=device, what="land-cover")[0])
+    else:
+        model, meta = load_task_predictor(path, ("segmentation",), device=device, what="land-cover")
     if not meta.get("classes"):
         raise InputError(f"{path} lists no classes")
     return model, meta
@@ -120,7 +125,8 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
     progress.update(0.0, "loading model")
     device = params.get("device") or "auto"
     runtime = params.get("runtime") or "auto"
-    model, meta = load_segmentation_model(params.get("model"), device=device)
+    # auto and openvino may run the compiled model held for this file: build the module only if needed
+    model, meta = load_segmentation_model(params.get("model"), device=device, lazy=runtime in ("auto", "openvino"))
     if not isinstance(model, nn.Module) and runtime in ("torch", "compile"):
         raise InputError(f"{params.get('model')} is an exported ONNX model, which PyTorch cannot run; "
                          f"use runtime 'auto', 'onnx' or 'openvino', or a .pth model file for {runtime!r}")
@@ -137,7 +143,7 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
         if len(hr) > 1:
             source = str(build_mosaic_vrt([h["path"] for h in hr], Path(workdir) / "hr_mosaic.vrt",
                                           allow_pixel_grid=allow_pixel_grid))
-        if isinstance(model, nn.Module):
+        if isinstance(model, (nn.Module, LazyModel)):
             layout = _full_layout(source, tile_size, overlap)
             predictor = make_predictor(model, device=device, runtime=runtime,
                                        model_path=params.get("model") or DEFAULT_MODEL,

@@ -62,3 +62,4 @@ def _no_openvino_wish_outlives_its_test():
     yield
     from backend.inference import runtime
     runtime._WANTED.clear()
+    runtime._PREVIOUS_CPU_JOB.clear()

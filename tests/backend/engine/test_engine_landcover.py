@@ -78,7 +78,17 @@ def test_landcover_outputs_are_complete_and_consistent(data_dir, model_file, tmp
     with fiona.open(tmp_path / "landcover.shp") as layer:
         assert layer.crs.to_epsg() == 26915 and len(layer) == len(areas)
     with Image.open(tmp_path / "landcover_preview.png") as png:
-        assert png.mode == "RGBA"
+        assert png.mode == "P" and png.size == (result["metrics"]["width"], result["metrics"]["height"])
+        colours = np.asarray(png.convert("RGBA")).reshape(-1, 4)
+    with rasterio.open(tmp_path / "landcover.tif") as ds:
+        labels = ds.read(1).ravel()
+    palette = {c["value"]: tuple(int(c["color"][i:i + 2], 16) for i in (1, 3, 5)) for c in result["classes"]}
+    present = [int(v) for v in np.unique(labels) if int(v) in palette]
+    assert len(present) >= 2
+    for value in present:  # each class in its colour, opaque; nodata transparent
+        assert tuple(colours[np.argmax(labels == value)]) == palette[value] + (255,)
+    if (labels == 0).any():
+        assert colours[np.argmax(labels == 0)][3] == 0
 
 
 def test_landcover_runs_at_the_model_files_tile_unless_told_otherwise(data_dir, model_file, tmp_path):

@@ -82,7 +82,9 @@ def test_auto_picks_openvino_for_big_cpu_jobs(monkeypatch, tmp_path, model, tile
     assert no_amp.precision == "fp32, OpenVINO"
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1  # one export serves them all
     small = runtime.make_predictor(model, device="cpu", tile_size=64, expected_tiles=100, model_path=model_path)
-    assert isinstance(small, TorchPredictor)  # 0.4 MP: not worth an export
+    assert small is no_amp  # 0.4 MP, but the model compiled for its tile is held: nothing left to pay
+    other_tile = runtime.make_predictor(model, device="cpu", tile_size=96, expected_tiles=50, model_path=model_path)
+    assert isinstance(other_tile, TorchPredictor)  # 0.5 MP at a tile with no export: not worth one
     chosen = runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64, expected_tiles=1)
     assert isinstance(chosen, OpenVinoPredictor)
     np.testing.assert_allclose(no_amp([tiles]), np.asarray(TorchPredictor(model, device="cpu")([tiles])), atol=1e-4)
@@ -246,8 +248,8 @@ def test_auto_needs_less_work_for_openvino_the_more_of_its_start_up_is_ready(mon
     chosen = runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64, model_path=model_path)
     chosen([tiles[:1]])  # compiles, and OpenVINO caches the compiled model
     assert runtime.openvino_ready(model_path, 64) == "compiled"
-    assert job(thresholds["compiled"] * 1.1) is chosen  # the held model: nothing left to pay
-    assert isinstance(job(thresholds["compiled"] * 0.9), TorchPredictor)
+    assert job(thresholds["exported"] * 0.5) is chosen  # the held model: nothing left to pay
+    assert job(0.0) is chosen  # a one-tile job too (OpenVINO was the faster at every size measured)
     assert runtime.openvino_ready(model_path, 64, amp=False) == "compiled"  # no bf16 here: the same fp32 model
 
     monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})  # e.g. after a restart: the export is still on disk
@@ -295,30 +297,37 @@ def test_a_tile_that_fails_to_start_leaves_no_stream_running(exported_landcover,
     np.testing.assert_allclose(ov([tiles[:2]]), good, atol=1e-6)
 
 
-def test_a_job_that_found_openvino_unready_has_it_prepared_while_idle_for_the_next(monkeypatch, tmp_path, model,
-                                                                                   tiles, caplog):
+def test_a_repeated_job_that_found_openvino_unready_has_it_prepared_while_idle_for_the_next(
+        monkeypatch, tmp_path, model, tiles, caplog):
     import openvino
 
     monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
     monkeypatch.setattr(runtime, "_WANTED", {})
+    monkeypatch.setattr(runtime, "_PREVIOUS_CPU_JOB", {})
     model_path = tmp_path / "weights.bin"
     model_path.write_bytes(b"stand-in for a model file")
-    held_size = runtime.OPENVINO_MIN_MEGAPIXELS["compiled"] * 1.1  # enough for a held model, not for more
+    other_path = tmp_path / "other.bin"
+    other_path.write_bytes(b"another model file")
+    small = runtime.OPENVINO_MIN_MEGAPIXELS["exported"] * 0.5  # too small to repay an export or a compile
 
-    def job(megapixels, path=model_path):  # tiles of 64 px
-        return runtime.make_predictor(model, device="cpu", tile_size=64, model_path=path,
-                                      expected_tiles=int(megapixels * 1e6 / 64 ** 2) + 1)
+    def job(path=model_path, tile=64, megapixels=small):
+        return runtime.make_predictor(model, device="cpu", tile_size=tile, model_path=path,
+                                      expected_tiles=int(megapixels * 1e6 / tile ** 2) + 1)
 
-    assert isinstance(job(runtime.OPENVINO_MIN_MEGAPIXELS["compiled"] * 0.9), TorchPredictor)
-    assert runtime.prepare_openvino_while_idle() is None  # too small even for a held model: nothing wanted
-    assert isinstance(job(held_size, path=None), TorchPredictor)
-    assert runtime.prepare_openvino_while_idle() is None  # an in-memory model: no lasting export to prepare
+    assert isinstance(job(), TorchPredictor)
+    assert runtime.prepare_openvino_while_idle() is None  # one job is no batch: nothing to prepare
+    assert isinstance(job(tile=96), TorchPredictor)  # another size, so another fitted tile
+    assert isinstance(job(path=other_path, tile=96), TorchPredictor)  # another model
+    assert isinstance(job(path=None, tile=96), TorchPredictor)
+    assert isinstance(job(path=None, tile=96), TorchPredictor)  # in-memory models have no lasting export
+    assert runtime.prepare_openvino_while_idle() is None
     assert not (tmp_path / "cache" / "onnx").exists()
 
-    assert isinstance(job(held_size), TorchPredictor)  # nothing ready: this job runs PyTorch...
-    prepared = runtime.prepare_openvino_while_idle()  # ...and the idle server prepares OpenVINO
+    assert isinstance(job(), TorchPredictor)
+    assert isinstance(job(), TorchPredictor)  # the same model and tile twice in a row: a batch run...
+    prepared = runtime.prepare_openvino_while_idle()  # ...so the idle server prepares OpenVINO
     assert prepared == "weights.bin, tile 64, fp32, OpenVINO"
     assert runtime.openvino_ready(model_path, 64) == "compiled"
     assert runtime.prepare_openvino_while_idle() is None  # once
@@ -327,15 +336,16 @@ def test_a_job_that_found_openvino_unready_has_it_prepared_while_idle_for_the_ne
     real_compile = openvino.Core.compile_model
     monkeypatch.setattr(openvino.Core, "compile_model",
                         lambda self, *a, **k: compiles.append(a) or real_compile(self, *a, **k))
-    chosen = job(held_size)
+    chosen = job()
     assert isinstance(chosen, OpenVinoPredictor)
     out = chosen([tiles[:2]])
     assert compiles == []  # the job's tile shape was compiled while idle
     np.testing.assert_allclose(out, np.asarray(TorchPredictor(model, device="cpu")([tiles[:2]])), atol=1e-4)
+    assert runtime.prepare_openvino_while_idle() is None  # it ran OpenVINO: nothing wanted
 
     # after a restart the export is cached; a compile that fails while idle leaves nothing half-held
     monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
-    assert isinstance(job(held_size), TorchPredictor)
+    assert isinstance(job(), TorchPredictor)
 
     def refuse(self, *args, **kwargs):
         raise RuntimeError("Exception from src/plugins/intel_cpu: unsupported operation Foo")
@@ -344,29 +354,32 @@ def test_a_job_that_found_openvino_unready_has_it_prepared_while_idle_for_the_ne
         assert runtime.prepare_openvino_while_idle() is None
     assert "could not prepare OpenVINO for weights.bin at tile 64" in caplog.text
     assert runtime.openvino_ready(model_path, 64) == "exported"
-    assert isinstance(job(held_size), TorchPredictor)
+    assert isinstance(job(), TorchPredictor)
 
 
-def test_a_batch_of_default_jobs_through_the_job_queue_runs_openvino_from_the_second(
+def test_a_batch_of_default_jobs_through_the_job_queue_runs_openvino_from_the_third(
         monkeypatch, tmp_path, exported_landcover, scene):  # noqa: F811
     from backend.server.jobs import JobManager
 
     monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
     monkeypatch.setattr(runtime, "_WANTED", {})
-    # this small scene is big enough for a held compiled model, too small to repay an export or a compile
-    monkeypatch.setattr(runtime, "OPENVINO_MIN_MEGAPIXELS", {"compiled": 0.001, "exported": 1e6, "nothing": 1e6})
+    monkeypatch.setattr(runtime, "_PREVIOUS_CPU_JOB", {})
+    import models.checkpoint
+    builds = []
+    real_load = models.checkpoint.load_model_file
+    monkeypatch.setattr(models.checkpoint, "load_model_file", lambda *a, **k: builds.append(a) or real_load(*a, **k))
     manager = JobManager()
     try:
-        results = []
-        for k in range(3):
+        results, built = [], []
+        for k in range(4):
             job = manager.submit("landcover", _params(scene, exported_landcover["pth"], tmp_path / f"job{k}",
                                                        name=f"job{k}", batch_size=0))
             info = manager.wait(job.id, 120)
             assert info["state"] == "done", info
             results.append(info["result"]["metrics"])
-            if k == 0:  # the worker prepares OpenVINO once the queue is empty
-                assert manager._worker.is_alive()
+            built.append(len(builds))
+            if k == 1:  # a second job like the first: the worker prepares OpenVINO once the queue is empty
                 end = time.monotonic() + 120
                 while runtime.openvino_ready(exported_landcover["pth"], 64) != "compiled":
                     assert time.monotonic() < end, "OpenVINO was not prepared while idle"
@@ -374,7 +387,10 @@ def test_a_batch_of_default_jobs_through_the_job_queue_runs_openvino_from_the_se
     finally:
         manager.close(timeout=60)
     runtimes = [m["runtime"] for m in results]
-    assert runtimes == ["TorchPredictor", "OpenVinoPredictor", "OpenVinoPredictor"], runtimes
-    assert "OpenVINO" in results[1]["precision"] and "OpenVINO" not in results[0]["precision"]
-    with rasterio.open(tmp_path / "job0" / "job0.tif") as a, rasterio.open(tmp_path / "job1" / "job1.tif") as b:
+    assert runtimes == ["TorchPredictor"] * 2 + ["OpenVinoPredictor"] * 2, runtimes
+    # the PyTorch jobs built the model (the preparation exported the second job's), and the jobs that ran
+    # the held compiled model never built it
+    assert built == [1, 2, 2, 2], built
+    assert "OpenVINO" in results[2]["precision"] and "OpenVINO" not in results[1]["precision"]
+    with rasterio.open(tmp_path / "job0" / "job0.tif") as a, rasterio.open(tmp_path / "job2" / "job2.tif") as b:
         assert (a.read(1) == b.read(1)).mean() > 0.97
