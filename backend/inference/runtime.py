@@ -5,7 +5,8 @@ On CPU, "auto" picks the fastest measured option (see `make bench`, sections 1-2
 installed; bf16 on CPUs that do bf16 in hardware, else fp32) is the fastest runtime measured, but it needs
 an ONNX export (several seconds, cached by model-file hash and tile size) and a compile: a job runs with it
 from `OPENVINO_MIN_MEGAPIXELS` of work (tiles x tile area), a threshold that falls as less of that start-up
-is left to pay. Without OpenVINO, jobs of `ONNX_MIN_MEGAPIXELS` run ONNX Runtime on CPUs without hardware
+is left to pay (none once compiled for the job's tile; the server's idle worker prepares that for batch runs:
+prepare_openvino_while_idle). Without OpenVINO, jobs of `ONNX_MIN_MEGAPIXELS` run ONNX Runtime on CPUs without hardware
 bf16. Smaller jobs, and the fallbacks, run PyTorch: bf16 autocast on CPUs with AVX512-BF16 / AMX (~1.2x
 fp32 inside the engine, label agreement with fp32 ~99 %), fp32 elsewhere.
 """

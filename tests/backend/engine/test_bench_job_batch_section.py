@@ -1,0 +1,28 @@
+"""`make bench` section 1e (a batch of default jobs through the job queue), run small."""
+import os
+
+import pytest
+
+from backend.inference import runtime
+from backend.inference.openvino_predictor import openvino_available
+from benchmarks.job_batch import bench_job_batch
+
+
+@pytest.mark.skipif(not openvino_available(), reason="openvino is in requirements/backend.txt")
+def test_batch_section_shows_openvino_taking_over_after_two_same_sized_jobs(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
+    results = {}
+    text = bench_job_batch(tmp_path, 384, results, jobs=4, repeat=1)
+    rounds = results["job_batch_384"]["rounds"]
+    assert list(rounds) == ["new install (nothing cached)", "restarted backend (export cached)"]
+    for batch in rounds.values():
+        kinds = ["OpenVINO" in job["runtime"] for job in batch]
+        assert kinds == [False, False, True, True], batch  # two jobs make a batch; the third waits for it
+        assert batch[2]["waited"] > 0 and batch[3]["waited"] < batch[2]["waited"]
+        assert all(job["wall"] >= job["engine"] > 0 for job in batch)
+    assert results["job_batch_384"]["later_jobs_speedup"] > 0
+    assert "plain loop, PyTorch fp32, tile 256/32" in text
+    assert "job 4: bf16, OpenVINO" in text or "job 4: fp32, OpenVINO" in text
+    # the section's export/compile cache was its own: the user's cache setting is back as it was
+    assert os.environ["SKYSENSE_CACHE"] == str(tmp_path / "mine") and not (tmp_path / "mine").exists()
