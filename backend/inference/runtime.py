@@ -3,11 +3,11 @@ or ONNX Runtime on CPU.
 
 On CPU, "auto" picks the fastest measured option (see `make bench`, sections 1-2). OpenVINO (where it is
 installed; bf16 on CPUs that do bf16 in hardware, else fp32) is the fastest runtime measured, but it needs
-an ONNX export (several seconds, cached by model-file hash and tile size) and a compile: a job runs with it
-from `OPENVINO_MIN_MEGAPIXELS` of work (tiles x tile area), a threshold that falls as less of that start-up
-is left to pay (none once compiled for the job's tile; the server's idle worker prepares that for batch runs:
-prepare_openvino_while_idle). Without OpenVINO, jobs of `ONNX_MIN_MEGAPIXELS` run ONNX Runtime on CPUs without hardware
-bf16. Smaller jobs, and the fallbacks, run PyTorch: bf16 autocast on CPUs with AVX512-BF16 / AMX (~1.2x
+an ONNX export converted to OpenVINO IR (several seconds, cached by model-file hash and tile size) and a
+compile: a job runs with it from `OPENVINO_MIN_MEGAPIXELS` of work (tiles x tile area), a threshold that
+falls as less of that start-up is left to pay (none once compiled for the job's tile; the server's idle
+worker prepares that for batch runs: prepare_openvino_while_idle). Without OpenVINO, jobs of
+`ONNX_MIN_MEGAPIXELS` run ONNX Runtime on CPUs without hardware bf16. Smaller jobs, and the fallbacks, run PyTorch: bf16 autocast on CPUs with AVX512-BF16 / AMX (~1.2x
 fp32 inside the engine, label agreement with fp32 ~99 %), fp32 elsewhere.
 """
 from __future__ import annotations
@@ -16,18 +16,19 @@ import contextlib
 import copy
 import hashlib
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from backend.errors import InputError
-from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_available
+from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_available, save_probability_ir
 from backend.inference.predictors import (OnnxRuntimePredictor, TorchPredictor, cache_root, cpu_has_native_bf16,
                                          resolve_device)
 
-__all__ = ["RUNTIMES", "LazyModel", "model_file_meta", "make_predictor", "openvino_for_big_cpu_job", "openvino_ready", "load_task_predictor",
-           "prepare_openvino_while_idle", "onnx_cache_dir", "openvino_cache_dir", "ONNX_MIN_MEGAPIXELS",
-           "OPENVINO_MIN_MEGAPIXELS"]
+__all__ = ["RUNTIMES", "LazyModel", "model_file_meta", "make_predictor", "openvino_for_big_cpu_job",
+           "openvino_ready", "load_task_predictor", "prepare_openvino_while_idle", "onnx_cache_dir",
+           "openvino_cache_dir", "ONNX_MIN_MEGAPIXELS", "OPENVINO_MIN_MEGAPIXELS"]
 
 log = logging.getLogger(__name__)
 # new runtimes go last: the Processing RUNTIME parameter stores the index
@@ -36,9 +37,10 @@ ONNX_MIN_MEGAPIXELS = 40.0  # ~40 s of eager CPU time for the tiny model: a ~10 
 # Work (MP) from which "auto" runs a CPU job with OpenVINO, by what the job finds ready: the compiled model
 # for the job's tile held from an earlier job or prepared while idle (nothing to pay: OpenVINO bf16 was
 # faster than PyTorch bf16 at every size measured, 512²: 0.10 against 0.12 s, 1024²: 0.25 against 0.44 s,
-# 2048²: 1.1 against 2.0 s), the ONNX export cached on disk (a compile: 0.6-0.8 s from OpenVINO's own
-# cache, 1.6-3.5 s without), or nothing (export and compile).
-OPENVINO_MIN_MEGAPIXELS = {"compiled": 0.0, "exported": 10.0, "nothing": ONNX_MIN_MEGAPIXELS}
+# 2048²: 1.1 against 2.0 s), the OpenVINO IR cached on disk (_lasting_ir: 0.33 s to read it and load the
+# compiled model from OpenVINO's cache, ~1.2 s when that cache misses; 1536² was even, 2048² saved 0.7 s),
+# or nothing (ONNX export and conversion 5-6 s, compile ~1 s).
+OPENVINO_MIN_MEGAPIXELS = {"compiled": 0.0, "exported": 3.0, "nothing": ONNX_MIN_MEGAPIXELS}
 
 
 class LazyModel:
@@ -131,6 +133,25 @@ def _exported_onnx(model, model_path: Optional[Path], tile_size: int) -> Iterato
         yield export_onnx(_module(model), Path(folder) / "model.onnx", tile_size=tile_size), False
 
 
+def _cached_ir_path(model_path: Path, tile_size: int) -> Path:
+    import openvino
+
+    version = re.sub(r"[^0-9A-Za-z.]+", "_", openvino.__version__.split("-")[0])  # e.g. "2026.4.1-22982-.../..."
+    return openvino_cache_dir() / "ir" / f"{_file_digest(Path(model_path))}_t{tile_size}_ov{version}.xml"
+
+
+def _lasting_ir(model, model_path: Path, tile_size: int) -> Path:
+    """The model file's OpenVINO IR at this tile (softmax included, one-tile batch), made from its cached
+    ONNX export (made first if needed) unless already cached: OpenVINO compiles it from the file, and with
+    its compiled-model cache a later process skips reading and converting the ONNX graph (0.2 s, against
+    1.4 s to read the ONNX file and 0.8 s to compile that from the cache)."""
+    ir_path = _cached_ir_path(Path(model_path), tile_size)
+    if not ir_path.is_file():
+        with _exported_onnx(model, model_path, tile_size) as (onnx_path, _):
+            save_probability_ir(onnx_path, ir_path)
+    return ir_path
+
+
 def _onnx_predictor(model, model_path: Optional[Path], tile_size: int) -> OnnxRuntimePredictor:
     with _exported_onnx(model, model_path, tile_size) as (path, _):
         return OnnxRuntimePredictor(path, device="cpu")
@@ -155,32 +176,34 @@ def _openvino_key(onnx_path: Path, precision: str) -> tuple:
 
 def openvino_ready(model_path, tile_size: int, amp: bool = True) -> str:
     """What a CPU job with this model file and tile size finds ready for OpenVINO: "compiled" (the
-    previous job's compiled model is held), "exported" (the ONNX export is cached) or "nothing"."""
+    previous job's compiled model is held), "exported" (the OpenVINO IR made from the ONNX export is cached)
+    or "nothing"."""
     if model_path is None or not Path(model_path).is_file():
         return "nothing"
-    onnx_path = _cached_onnx_path(Path(model_path), tile_size)
-    if not onnx_path.is_file():
+    ir_path = _cached_ir_path(Path(model_path), tile_size)
+    if not ir_path.is_file():
         return "nothing"
-    return "compiled" if _openvino_key(onnx_path, _openvino_precision(amp)) in _LAST_OPENVINO else "exported"
+    return "compiled" if _openvino_key(ir_path, _openvino_precision(amp)) in _LAST_OPENVINO else "exported"
 
 
 def _openvino_predictor(model, model_path: Optional[Path], tile_size: int, amp: bool,
                         fallback: Optional[Callable] = None) -> OpenVinoPredictor:
     precision = _openvino_precision(amp)
-    with _exported_onnx(model, model_path, tile_size) as (path, lasting):
-        if not lasting:
+    if model_path is None or not Path(model_path).is_file():
+        with _exported_onnx(model, model_path, tile_size) as (path, _):
             return OpenVinoPredictor(path, precision=precision, fallback=fallback)
-        predictor = _held_openvino_predictor(path, precision)
-        predictor.start_job(fallback)
-        return predictor
+    predictor = _held_openvino_predictor(_lasting_ir(model, Path(model_path), tile_size), precision)
+    predictor.start_job(fallback)
+    return predictor
 
 
-def _held_openvino_predictor(onnx_path: Path, precision: str) -> OpenVinoPredictor:
-    """The held predictor of a lasting export, made (and held in place of the previous one) if needed."""
-    key = _openvino_key(onnx_path, precision)
+def _held_openvino_predictor(ir_path: Path, precision: str) -> OpenVinoPredictor:
+    """The held predictor of a lasting IR, made (and held in place of the previous one) if needed."""
+    key = _openvino_key(ir_path, precision)
     predictor = _LAST_OPENVINO.get(key)
     if predictor is None:
-        predictor = OpenVinoPredictor(onnx_path, precision=precision, cache_dir=openvino_cache_dir())
+        predictor = OpenVinoPredictor(ir_path, precision=precision, outputs="probabilities",
+                                      cache_dir=openvino_cache_dir())
         _LAST_OPENVINO.clear()
         _LAST_OPENVINO[key] = predictor
     return predictor
@@ -204,8 +227,7 @@ def prepare_openvino_while_idle() -> Optional[str]:
         return None
     model, model_path, tile_size, amp = _WANTED.pop("last job")
     try:
-        with _exported_onnx(model, model_path, tile_size) as (path, _):
-            predictor = _held_openvino_predictor(path, _openvino_precision(amp))
+        predictor = _held_openvino_predictor(_lasting_ir(model, model_path, tile_size), _openvino_precision(amp))
         predictor.compile_exported_shape()
     except Exception as exc:
         _LAST_OPENVINO.clear()  # nothing compiled: "compiled" would promise the next job what is not there
@@ -255,9 +277,9 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     native bf16 and `amp`, else fp32; error if openvino is missing or the export fails), "compile"
     (PyTorch through torch.compile, with auto's precision: fp16 on CUDA, bf16 on CPUs with native bf16,
     else fp32; uncompiled where compiling fails), or "auto": PyTorch on CUDA; on CPU, OpenVINO for jobs
-    computing at least OPENVINO_MIN_MEGAPIXELS (expected_tiles x tile_size²; 40 or 10 MP by what is
-    ready, any size once compiled, see openvino_ready) where installed, else ONNX Runtime for jobs of ONNX_MIN_MEGAPIXELS on CPUs
-    without native bf16; otherwise (or where those fail) PyTorch, with bf16 autocast where
+    computing at least OPENVINO_MIN_MEGAPIXELS (expected_tiles x tile_size²; 40 or 3 MP by what is
+    ready, any size once compiled, see openvino_ready) where installed, else ONNX Runtime for jobs of
+    ONNX_MIN_MEGAPIXELS on CPUs without native bf16; otherwise (or where those fail) PyTorch, with bf16 autocast where
     the CPU has native bf16 (and `amp`), else fp32.
     """
     runtime = (runtime or "auto").lower()

@@ -3,6 +3,7 @@ jobs, clear errors when asked for and unusable, and usable on exported .onnx mod
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,7 +258,7 @@ def test_auto_needs_less_work_for_openvino_the_more_of_its_start_up_is_ready(mon
     assert isinstance(job(thresholds["exported"] * 0.9), TorchPredictor)
     again = job(thresholds["exported"] * 1.1)
     assert isinstance(again, OpenVinoPredictor) and again is not chosen
-    assert any((tmp_path / "cache" / "openvino").iterdir())  # compiled models kept for the next compile
+    assert list((tmp_path / "cache" / "openvino").glob("*.blob"))  # compiled models kept for the next compile
     np.testing.assert_allclose(again([tiles[:1]]), chosen([tiles[:1]]), atol=1e-5)
 
     model_path.write_bytes(b"another model in the same file")  # a changed file is hashed again
@@ -394,3 +395,38 @@ def test_a_batch_of_default_jobs_through_the_job_queue_runs_openvino_from_the_th
     assert "OpenVINO" in results[2]["precision"] and "OpenVINO" not in results[1]["precision"]
     with rasterio.open(tmp_path / "job0" / "job0.tif") as a, rasterio.open(tmp_path / "job2" / "job2.tif") as b:
         assert (a.read(1) == b.read(1)).mean() > 0.97
+
+
+def test_a_restarted_backend_compiles_the_cached_ir_straight_from_its_file(monkeypatch, tmp_path, model, tiles):
+    import openvino
+
+    import models.onnx_export
+
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
+    model_path = tmp_path / "weights.bin"
+    model_path.write_bytes(b"stand-in for a model file")
+    first = runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64, model_path=model_path)
+    expected = first([tiles[:2]])
+    irs = list((tmp_path / "cache" / "openvino" / "ir").iterdir())
+    assert sorted(p.suffix for p in irs) == [".bin", ".xml"]  # the pair, no temporary files left
+    np.testing.assert_allclose(expected, np.asarray(TorchPredictor(model, device="cpu")([tiles[:2]])), atol=1e-4)
+
+    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})  # a new backend process
+    monkeypatch.setattr(models.onnx_export, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    reads, compiled_from = [], []
+    real_read, real_compile = openvino.Core.read_model, openvino.Core.compile_model
+    monkeypatch.setattr(openvino.Core, "read_model", lambda self, path, *a, **k: reads.append(Path(path).suffix)
+                        or real_read(self, path, *a, **k))
+    monkeypatch.setattr(openvino.Core, "compile_model", lambda self, what, *a, **k: compiled_from.append(
+        what if isinstance(what, str) else "an in-memory model") or real_compile(self, what, *a, **k))
+    assert runtime.openvino_ready(model_path, 64) == "exported"
+    again = runtime.make_predictor(model, device="cpu", tile_size=64, model_path=model_path,
+                                   expected_tiles=int(runtime.OPENVINO_MIN_MEGAPIXELS["exported"] * 1e6 / 64 ** 2) + 1)
+    assert isinstance(again, OpenVinoPredictor) and again is not first
+    np.testing.assert_allclose(again([tiles[:2]]), expected, atol=1e-6)
+    assert reads == [".xml"]  # the ONNX graph is neither read nor converted again
+    assert len(compiled_from) == 1 and compiled_from[0].endswith(".xml")  # compiled from the file (and the cache)
+    again([tiles[2:]])  # a one-tile batch: the same compiled model
+    assert len(compiled_from) == 1
