@@ -7,8 +7,8 @@ waits for that) and the later jobs run OpenVINO.
 Printed per job: the time from submitting it to its end (waiting for the worker, loading the model file,
 the engine, writing the styles and preview), the engine's own seconds, the runtime it ran, and the ratio
 to the plain loop on the same raster (its best run, before and after the jobs). Two rounds: a new install
-(nothing cached, so the preparation exports the model) and a restarted backend (the export cached on disk,
-only the compile left).
+(nothing cached, so the preparation exports the model and converts it to OpenVINO IR) and a restarted
+backend (the IR cached on disk: jobs of 3+ MP of tiles run OpenVINO from the first, smaller ones after two).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def bench_job_batch(tmp: Path, size: int, results: dict, jobs: int = 5, repeat: 
     rounds = {}
     try:
         for label, what in (("new", "new install (nothing cached)"),
-                            ("restarted", "restarted backend (export cached)")):
+                            ("restarted", "restarted backend (IR cached)")):
             runtime._LAST_OPENVINO.clear()  # a new backend process holds no compiled model...
             runtime._PREVIOUS_CPU_JOB.clear()  # ...and remembers no earlier job
             manager = JobManager()

@@ -15,7 +15,7 @@ def test_batch_section_shows_openvino_taking_over_after_two_same_sized_jobs(tmp_
     results = {}
     text = bench_job_batch(tmp_path, 384, results, jobs=4, repeat=1)
     rounds = results["job_batch_384"]["rounds"]
-    assert list(rounds) == ["new install (nothing cached)", "restarted backend (export cached)"]
+    assert list(rounds) == ["new install (nothing cached)", "restarted backend (IR cached)"]
     for batch in rounds.values():
         kinds = ["OpenVINO" in job["runtime"] for job in batch]
         assert kinds == [False, False, True, True], batch  # two jobs make a batch; the third waits for it
