@@ -178,7 +178,7 @@ def openvino_ready(model_path, tile_size: int, amp: bool = True) -> str:
     """What a CPU job with this model file and tile size finds ready for OpenVINO: "compiled" (the
     previous job's compiled model is held), "exported" (the OpenVINO IR made from the ONNX export is cached)
     or "nothing"."""
-    if model_path is None or not Path(model_path).is_file():
+    if model_path is None or not Path(model_path).is_file() or not openvino_available():
         return "nothing"
     ir_path = _cached_ir_path(Path(model_path), tile_size)
     if not ir_path.is_file():

@@ -34,6 +34,18 @@ def tiles():
     return rng.normal(size=(3, 3, 64, 64)).astype(np.float32)
 
 
+@pytest.fixture
+def stand_in_model_file(monkeypatch, tmp_path):
+    """A model file whose hash alone keys the caches (the `model` fixture is what gets exported), with an
+    empty cache in tmp_path/cache, fp32 (as on CPUs without bf16) and no compiled model held."""
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
+    model_path = tmp_path / "weights.bin"
+    model_path.write_bytes(b"stand-in for a model file")
+    return model_path
+
+
 def test_fp32_gives_pytorch_probabilities_for_every_batch_size(exported_landcover, tiles):
     from models.checkpoint import load_model_file
 
@@ -229,12 +241,9 @@ def test_the_engine_batches_as_the_predictor_prefers_unless_told(scene, tmp_path
     assert set(seen) == {1}
 
 
-def test_auto_needs_less_work_for_openvino_the_more_of_its_start_up_is_ready(monkeypatch, tmp_path, model, tiles):
-    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
-    model_path = tmp_path / "weights.bin"
-    model_path.write_bytes(b"stand-in for a model file")
+def test_auto_needs_less_work_for_openvino_the_more_of_its_start_up_is_ready(monkeypatch, tmp_path, model, tiles,
+                                                                           stand_in_model_file):
+    model_path = stand_in_model_file
     thresholds = runtime.OPENVINO_MIN_MEGAPIXELS
     assert thresholds["compiled"] < thresholds["exported"] < thresholds["nothing"]
 
@@ -299,16 +308,12 @@ def test_a_tile_that_fails_to_start_leaves_no_stream_running(exported_landcover,
 
 
 def test_a_repeated_job_that_found_openvino_unready_has_it_prepared_while_idle_for_the_next(
-        monkeypatch, tmp_path, model, tiles, caplog):
+        monkeypatch, tmp_path, model, tiles, caplog, stand_in_model_file):
     import openvino
 
-    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
     monkeypatch.setattr(runtime, "_WANTED", {})
     monkeypatch.setattr(runtime, "_PREVIOUS_CPU_JOB", {})
-    model_path = tmp_path / "weights.bin"
-    model_path.write_bytes(b"stand-in for a model file")
+    model_path = stand_in_model_file
     other_path = tmp_path / "other.bin"
     other_path.write_bytes(b"another model file")
     small = runtime.OPENVINO_MIN_MEGAPIXELS["exported"] * 0.5  # too small to repay an export or a compile
@@ -397,16 +402,13 @@ def test_a_batch_of_default_jobs_through_the_job_queue_runs_openvino_from_the_th
         assert (a.read(1) == b.read(1)).mean() > 0.97
 
 
-def test_a_restarted_backend_compiles_the_cached_ir_straight_from_its_file(monkeypatch, tmp_path, model, tiles):
+def test_a_restarted_backend_compiles_the_cached_ir_straight_from_its_file(monkeypatch, tmp_path, model, tiles,
+                                                                           stand_in_model_file):
     import openvino
 
     import models.onnx_export
 
-    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
-    model_path = tmp_path / "weights.bin"
-    model_path.write_bytes(b"stand-in for a model file")
+    model_path = stand_in_model_file
     first = runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64, model_path=model_path)
     expected = first([tiles[:2]])
     irs = list((tmp_path / "cache" / "openvino" / "ir").iterdir())
