@@ -7,8 +7,9 @@ an ONNX export converted to OpenVINO IR (several seconds, cached by model-file h
 compile: a job runs with it from `OPENVINO_MIN_MEGAPIXELS` of work (tiles x tile area), a threshold that
 falls as less of that start-up is left to pay (none once compiled for the job's tile; the server's idle
 worker prepares that for batch runs: prepare_openvino_while_idle). Without OpenVINO, jobs of
-`ONNX_MIN_MEGAPIXELS` run ONNX Runtime on CPUs without hardware bf16. Smaller jobs, and the fallbacks, run PyTorch: bf16 autocast on CPUs with AVX512-BF16 / AMX (~1.2x
-fp32 inside the engine, label agreement with fp32 ~99 %), fp32 elsewhere.
+`ONNX_MIN_MEGAPIXELS` run ONNX Runtime on CPUs without hardware bf16. Smaller jobs, and the fallbacks,
+run PyTorch: bf16 autocast on CPUs with AVX512-BF16 / AMX (~1.2x fp32 inside the engine, label agreement
+with fp32 ~99 %), fp32 elsewhere.
 """
 from __future__ import annotations
 
@@ -192,9 +193,22 @@ def _openvino_predictor(model, model_path: Optional[Path], tile_size: int, amp: 
     if model_path is None or not Path(model_path).is_file():
         with _exported_onnx(model, model_path, tile_size) as (path, _):
             return OpenVinoPredictor(path, precision=precision, fallback=fallback)
-    predictor = _held_openvino_predictor(_lasting_ir(model, Path(model_path), tile_size), precision)
+    predictor = _held_ir_predictor(model, Path(model_path), tile_size, precision)
     predictor.start_job(fallback)
     return predictor
+
+
+def _held_ir_predictor(model, model_path: Path, tile_size: int, precision: str) -> OpenVinoPredictor:
+    """The held predictor of the model file's lasting IR at this tile; a cached IR that OpenVINO cannot
+    read (damaged on disk) is removed and made again once from the export."""
+    ir_path = _lasting_ir(model, model_path, tile_size)
+    try:
+        return _held_openvino_predictor(ir_path, precision)
+    except InputError as exc:
+        log.warning("cached OpenVINO model %s is unusable (%s); making it again", ir_path.name, exc)
+        for path in (ir_path, ir_path.with_suffix(".bin")):
+            path.unlink(missing_ok=True)
+        return _held_openvino_predictor(_lasting_ir(model, model_path, tile_size), precision)
 
 
 def _held_openvino_predictor(ir_path: Path, precision: str) -> OpenVinoPredictor:
@@ -227,7 +241,7 @@ def prepare_openvino_while_idle() -> Optional[str]:
         return None
     model, model_path, tile_size, amp = _WANTED.pop("last job")
     try:
-        predictor = _held_openvino_predictor(_lasting_ir(model, model_path, tile_size), _openvino_precision(amp))
+        predictor = _held_ir_predictor(model, model_path, tile_size, _openvino_precision(amp))
         predictor.compile_exported_shape()
     except Exception as exc:
         _LAST_OPENVINO.clear()  # nothing compiled: "compiled" would promise the next job what is not there

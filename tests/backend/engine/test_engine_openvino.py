@@ -432,3 +432,21 @@ def test_a_restarted_backend_compiles_the_cached_ir_straight_from_its_file(monke
     assert len(compiled_from) == 1 and compiled_from[0].endswith(".xml")  # compiled from the file (and the cache)
     again([tiles[2:]])  # a one-tile batch: the same compiled model
     assert len(compiled_from) == 1
+
+
+def test_a_damaged_cached_ir_is_made_again_and_the_job_runs_openvino(model, tiles, stand_in_model_file, tmp_path,
+                                                                     caplog):
+    first = runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64,
+                                   model_path=stand_in_model_file)
+    expected = first([tiles[:1]])
+    (xml,) = (tmp_path / "cache" / "openvino" / "ir").glob("*.xml")
+    xml.write_text("<net name='truncated'")  # e.g. a disk that failed under it
+    runtime._LAST_OPENVINO.clear()  # a new backend process
+    with caplog.at_level(logging.WARNING):
+        tiles_needed = int(runtime.OPENVINO_MIN_MEGAPIXELS["exported"] * 1e6 / 64 ** 2) + 1
+        again = runtime.make_predictor(model, device="cpu", tile_size=64, model_path=stand_in_model_file,
+                                       expected_tiles=tiles_needed)
+    assert f"cached OpenVINO model {xml.name} is unusable" in caplog.text and "making it again" in caplog.text
+    assert isinstance(again, OpenVinoPredictor)
+    np.testing.assert_allclose(again([tiles[:1]]), expected, atol=1e-6)
+    assert "<net" in xml.read_text() and xml.read_text() != "<net name='truncated'"
