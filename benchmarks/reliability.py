@@ -74,6 +74,8 @@ def bench_reliability(tmp: Path, size: int, results: dict, table) -> str:
     from skysense_qgis.job_runner import run_job
 
     raster = make_test_raster(tmp / f"reliability_{size}.tif", size)
+    # its latencies are the backend's own: no background OpenVINO preparation beside them
+    os.environ["SKYSENSE_OPENVINO_WARMUP"] = "0"
     manager = BackendManager(interpreter=sys.executable, backend_root=str(ROOT), state_dir=str(tmp / "backend"))
     rows, figures = [], {}
     try:

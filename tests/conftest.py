@@ -6,6 +6,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SKYSENSE_DATA", ROOT.parent / "shared" / "data")).resolve()
+# Backends started by tests (and their children) prepare no OpenVINO in the background: that would write
+# into the user's cache and take CPU from the tests. The tests of that preparation turn it on themselves.
+os.environ["SKYSENSE_OPENVINO_WARMUP"] = "0"
 
 
 @pytest.fixture(scope="session")

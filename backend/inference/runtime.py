@@ -5,8 +5,9 @@ On CPU, "auto" picks the fastest measured option (see `make bench`, sections 1-2
 installed; bf16 on CPUs that do bf16 in hardware, else fp32) is the fastest runtime measured, but it needs
 an ONNX export converted to OpenVINO IR (several seconds, cached by model-file hash and tile size) and a
 compile: a job runs with it from `OPENVINO_MIN_MEGAPIXELS` of work (tiles x tile area), a threshold that
-falls as less of that start-up is left to pay (none once compiled for the job's tile; the server's idle
-worker prepares that for batch runs: prepare_openvino_while_idle). Without OpenVINO, jobs of
+falls as less of that start-up is left to pay (none once compiled for the job's tile). The server readies
+it ahead: its idle job worker compiles a cached IR for the last job's tile (prepare_openvino_while_idle),
+and a background process at the lowest priority makes missing IRs (openvino_warmup). Without OpenVINO, jobs of
 `ONNX_MIN_MEGAPIXELS` run ONNX Runtime on CPUs without hardware bf16. Smaller jobs, and the fallbacks,
 run PyTorch: bf16 autocast on CPUs with AVX512-BF16 / AMX (~1.2x fp32 inside the engine, label agreement
 with fp32 ~99 %), fp32 elsewhere.
@@ -141,14 +142,16 @@ def _cached_ir_path(model_path: Path, tile_size: int) -> Path:
     return openvino_cache_dir() / "ir" / f"{_file_digest(Path(model_path))}_t{tile_size}_ov{version}.xml"
 
 
-def _lasting_ir(model, model_path: Path, tile_size: int) -> Path:
+def _lasting_ir(model, model_path: Path, tile_size: int, keep_onnx: bool = True) -> Path:
     """The model file's OpenVINO IR at this tile (softmax included, one-tile batch), made from its cached
-    ONNX export (made first if needed) unless already cached: OpenVINO compiles it from the file, and with
-    its compiled-model cache a later process skips reading and converting the ONNX graph (0.2 s, against
-    1.4 s to read the ONNX file and 0.8 s to compile that from the cache)."""
+    ONNX export (made first if needed; with keep_onnx False, a temporary export unless one is cached) unless
+    already cached: OpenVINO compiles it from the file, and with its compiled-model cache a later process
+    skips reading and converting the ONNX graph (0.2 s, against 1.4 s to read the ONNX file and 0.8 s to
+    compile that from the cache)."""
     ir_path = _cached_ir_path(Path(model_path), tile_size)
     if not ir_path.is_file():
-        with _exported_onnx(model, model_path, tile_size) as (onnx_path, _):
+        keep = keep_onnx or _cached_onnx_path(Path(model_path), tile_size).is_file()
+        with _exported_onnx(model, model_path if keep else None, tile_size) as (onnx_path, _):
             save_probability_ir(onnx_path, ir_path)
     return ir_path
 
@@ -223,23 +226,32 @@ def _held_openvino_predictor(ir_path: Path, precision: str) -> OpenVinoPredictor
     return predictor
 
 
-# What the last CPU job would have run with OpenVINO had it been ready, when it had the same model file,
-# tile size and precision as the job before it (a batch run, e.g. Processing's over same-sized rasters):
-# (model, model file, tile size, amp). The server prepares it while idle (prepare_openvino_while_idle), so
-# the later jobs of the run use OpenVINO. A single job is not evidence enough: jobs of other sizes (other
-# fitted tiles) would each wait for a preparation of no use to them.
+# What the last CPU job would have run with OpenVINO had it been ready: (model, model file, tile size, amp,
+# whether the job before it had the same model file, tile and amp, the job's work in MP).
+# prepare_openvino_while_idle then readies it for the next job, by what it costs: a cached IR is compiled and
+# held at once (0.3 s); a missing IR is made in the background for a job big enough to use it (3+ MP), or
+# made here, the next job waiting, for a repeated job (a batch run, e.g. Processing's over same-sized
+# rasters: the background process, at the lowest priority, would get no CPU between its jobs). A single
+# small job is not evidence enough for that wait: jobs of other sizes (other fitted tiles) would each wait
+# for a preparation of no use to them.
 _WANTED: Dict[str, tuple] = {}
 _PREVIOUS_CPU_JOB: Dict[str, tuple] = {}  # "key" -> (model file, tile size, amp) of the last CPU job
 
 
 def prepare_openvino_while_idle() -> Optional[str]:
-    """Export (if not cached) and compile, at the job's tile, the model the last CPU job would have run
-    with OpenVINO had it been ready, and hold it for the next job. Called by the server's job worker when
-    its queue is empty. Returns what was prepared, or None: nothing wanted, or it failed (logged; the next
-    job then runs as it would have anyway)."""
+    """Ready OpenVINO, at its tile, for the model the last CPU job would have run with OpenVINO had it been
+    ready (see _WANTED): compile and hold it for the next job, exporting it first if needed, or hand the
+    export to the background process (openvino_warmup). Called by the server's job worker when its queue
+    is empty. Returns what was prepared here, or None: nothing wanted, handed to the background, or it
+    failed (logged; the next job then runs as it would have anyway)."""
     if not _WANTED:
         return None
-    model, model_path, tile_size, amp = _WANTED.pop("last job")
+    model, model_path, tile_size, amp, repeated, work = _WANTED.pop("last job")
+    if openvino_ready(model_path, tile_size, amp) == "nothing" and not repeated:
+        if work >= OPENVINO_MIN_MEGAPIXELS["exported"]:
+            from backend.inference.openvino_warmup import background_warmer
+            background_warmer().request(model_path, [tile_size], amp)
+        return None
     try:
         predictor = _held_ir_predictor(model, model_path, tile_size, _openvino_precision(amp))
         predictor.compile_exported_shape()
@@ -255,9 +267,8 @@ def openvino_for_big_cpu_job(model, *, device: str, model_path=None, tile_size: 
                              amp: bool = True) -> Optional[OpenVinoPredictor]:
     """The OpenVINO predictor runtime "auto" uses for a CPU job big enough to repay OpenVINO's start-up
     (OPENVINO_MIN_MEGAPIXELS, by what openvino_ready finds) where openvino is installed, else None (a
-    GPU, a small job, no openvino, or an export/compile failure, logged). A job that found OpenVINO not
-    ready, with the same model file and tile as the job before it, is remembered for
-    prepare_openvino_while_idle."""
+    GPU, a small job, no openvino, or an export/compile failure, logged). A job with a model file that
+    found OpenVINO not ready is remembered for prepare_openvino_while_idle."""
     _WANTED.clear()  # only the latest job's wish is prepared
     work = expected_tiles * tile_size * tile_size / 1e6
     if resolve_device(device) != "cpu" or work < min(OPENVINO_MIN_MEGAPIXELS.values()):
@@ -269,8 +280,8 @@ def openvino_for_big_cpu_job(model, *, device: str, model_path=None, tile_size: 
     if not openvino_available():
         return None
     if work < OPENVINO_MIN_MEGAPIXELS[openvino_ready(model_path, tile_size, amp)]:
-        if repeated:
-            _WANTED["last job"] = (model, Path(model_path), int(tile_size), amp)
+        if lasting:
+            _WANTED["last job"] = (model, Path(model_path), int(tile_size), amp, repeated, work)
         return None
     def pytorch():  # what auto would have run otherwise, should OpenVINO fail to compile the model mid-job
         return TorchPredictor(_module(model), device="cpu", as_tensor=True, cpu_bf16=amp and cpu_has_native_bf16())

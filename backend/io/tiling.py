@@ -15,7 +15,7 @@ import numpy as np
 
 from backend.errors import InputError
 
-__all__ = ["TileLayout", "Panel", "plan_tiles", "plan_panels", "blend_weights", "pad_to"]
+__all__ = ["TileLayout", "Panel", "plan_tiles", "fitted_tile_sizes", "plan_panels", "blend_weights", "pad_to"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,14 @@ def _count(length: int, tile: int, stride: int) -> int:
     return 1 if length <= tile else 1 + math.ceil((length - tile) / stride)
 
 
+def fitted_tile_sizes(tile_size: int, overlap: int, multiple: int = 32) -> list:
+    """The tile sizes plan_tiles may fit a window larger than tile_size to, largest first: multiples of
+    `multiple` from tile_size down to about half of it (what a model run at one fixed shape per tile size,
+    OpenVINO's, is prepared for)."""
+    smallest = max(multiple, 2 * overlap, (tile_size // 2) // multiple * multiple)
+    return list(range(tile_size, smallest - 1, -multiple))
+
+
 def plan_tiles(height: int, width: int, tile_size: int, overlap: int, multiple: int = 32,
                shrink: bool = True) -> TileLayout:
     """Checked tile layout.
@@ -78,8 +86,7 @@ def plan_tiles(height: int, width: int, tile_size: int, overlap: int, multiple: 
     if fit <= tile_size:
         return TileLayout(int(height), int(width), int(fit), 0)
     best = None
-    smallest = max(multiple, 2 * overlap, (tile_size // 2) // multiple * multiple)
-    for size in range(tile_size, smallest - 1, -multiple):
+    for size in fitted_tile_sizes(tile_size, overlap, multiple):
         cost = _count(height, size, size - overlap) * _count(width, size, size - overlap) * size * size
         if best is None or cost < best[0]:  # ties keep the larger tile (fewer model calls)
             best = (cost, size)

@@ -75,6 +75,18 @@ def _watch_parent(pid: int, stop) -> None:
     threading.Thread(target=loop, name="skysense-parent-watch", daemon=True).start()
 
 
+def _warm_up_in_background() -> None:
+    """Have OpenVINO prepared for the bundled land-cover model by a low-priority child process
+    (backend.inference.openvino_warmup), decided off the start-up path (it imports torch)."""
+    def start():
+        try:
+            from backend.inference.openvino_warmup import warm_default_model
+            warm_default_model()
+        except Exception:  # jobs run without it as before
+            log.exception("could not start preparing OpenVINO in the background")
+    threading.Thread(target=start, name="skysense-warmup-start", daemon=True).start()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.host != HOST:
@@ -139,10 +151,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     server_box["server"] = server
     if args.parent_pid:
         _watch_parent(args.parent_pid, stop)
+    _warm_up_in_background()
     signal.signal(signal.SIGTERM, lambda *_: stop())
     try:
         server.run(sockets=[sock])
     finally:
+        from backend.inference.openvino_warmup import background_warmer
+        background_warmer().close()
         jobs.close(timeout=10.0)
         for path in (state_file, token_file):
             path.unlink(missing_ok=True)

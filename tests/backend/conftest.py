@@ -63,3 +63,17 @@ def _no_openvino_wish_outlives_its_test():
     from backend.inference import runtime
     runtime._WANTED.clear()
     runtime._PREVIOUS_CPU_JOB.clear()
+
+
+@pytest.fixture
+def stand_in_model_file(monkeypatch, tmp_path):
+    """A model file whose hash alone keys the caches (the `model` fixture is what gets exported), with an
+    empty cache in tmp_path/cache, fp32 (as on CPUs without bf16) and no compiled model held."""
+    from backend.inference import runtime
+
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
+    model_path = tmp_path / "weights.bin"
+    model_path.write_bytes(b"stand-in for a model file")
+    return model_path

@@ -34,18 +34,6 @@ def tiles():
     return rng.normal(size=(3, 3, 64, 64)).astype(np.float32)
 
 
-@pytest.fixture
-def stand_in_model_file(monkeypatch, tmp_path):
-    """A model file whose hash alone keys the caches (the `model` fixture is what gets exported), with an
-    empty cache in tmp_path/cache, fp32 (as on CPUs without bf16) and no compiled model held."""
-    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
-    model_path = tmp_path / "weights.bin"
-    model_path.write_bytes(b"stand-in for a model file")
-    return model_path
-
-
 def test_fp32_gives_pytorch_probabilities_for_every_batch_size(exported_landcover, tiles):
     from models.checkpoint import load_model_file
 

@@ -1,0 +1,275 @@
+"""OpenVINO prepared ahead by a low-priority background process, so that no job waits for it.
+
+A CPU job runs OpenVINO only when it is big enough to repay what is not ready yet (runtime.
+OPENVINO_MIN_MEGAPIXELS): the OpenVINO IR of the model at the job's fitted tile size (an ONNX export and a
+conversion, 5-6 s per model file and tile size) and its compile (about 1 s, kept in OpenVINO's cache). A
+child process makes both at nice 19, so it takes the CPU only while jobs leave it idle: on the server's
+start, for the bundled land-cover model at the tile sizes most rasters are fitted to; after a job that
+would have run OpenVINO had it been ready, for that job's model file and tile. Later jobs then start
+OpenVINO in 0.3 s. The ONNX export it goes through is not kept (the IR is what jobs read).
+
+    python -m backend.inference.openvino_warmup --model FILE --tiles 640,608 [--fp32]
+
+SKYSENSE_OPENVINO_WARMUP=0 turns the background preparation off.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Deque, Iterable, List, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SWITCH", "MAX_MODEL_BYTES", "warmup_enabled", "prepare_tiles", "BackgroundWarmer", "background_warmer",
+           "warm_default_model"]
+
+SWITCH = "SKYSENSE_OPENVINO_WARMUP"
+# A bigger model's IR costs its size again on disk for every tile size: such models are prepared only when
+# a job big enough asks for it (runtime.openvino_for_big_cpu_job), not ahead.
+MAX_MODEL_BYTES = 256 << 20
+REPO = Path(__file__).resolve().parents[2]
+
+
+def warmup_enabled() -> bool:
+    """Background preparation is on unless SKYSENSE_OPENVINO_WARMUP=0 (or openvino is missing)."""
+    from backend.inference.openvino_predictor import openvino_available
+
+    return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "no", "off") and openvino_available()
+
+
+def _load_module(model_path: Path):
+    from backend.inference.runtime import load_task_predictor
+    from models.checkpoint import read_model_meta
+
+    task = read_model_meta(model_path).get("task")
+    return load_task_predictor(model_path, (task,), device="cpu")[0]
+
+
+def prepare_tiles(model_path, tiles: Iterable[int], amp: bool = True,
+                  report: Callable[[str], None] = print) -> List[Tuple[int, bool, float]]:
+    """In this process, for each tile size: the model file's OpenVINO IR (made unless cached) and its
+    compile for one tile, which fills OpenVINO's compiled-model cache with the settings jobs use.
+    Returns (tile, IR made here, seconds) per tile."""
+    from backend.inference import runtime
+    from backend.inference.openvino_predictor import OpenVinoPredictor
+
+    model_path = Path(model_path)
+    model = runtime.LazyModel(lambda: _load_module(model_path))  # not built when every IR is cached
+    done = []
+    for tile in tiles:
+        start = time.perf_counter()
+        ir_path = runtime._cached_ir_path(model_path, int(tile))
+        made = not ir_path.is_file()
+        if made:
+            runtime._lasting_ir(model, model_path, int(tile), keep_onnx=False)
+        predictor = OpenVinoPredictor(ir_path, precision=runtime._openvino_precision(amp), outputs="probabilities",
+                                      cache_dir=runtime.openvino_cache_dir())
+        predictor.compile_exported_shape()
+        seconds = time.perf_counter() - start
+        done.append((int(tile), made, seconds))
+        report(f"{model_path.name} tile {tile}: {'IR made and ' if made else ''}compiled "
+               f"({predictor.precision}) in {seconds:.1f} s")
+    return done
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """One preparing process at a time on this cache (two backends share it); no lock where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class BackgroundWarmer:
+    """Runs the preparation child processes one after the other, from a queue of (model file, tiles, amp)."""
+
+    def __init__(self, python: Optional[str] = None):
+        self.python = python or sys.executable  # the backend's own interpreter (never QGIS's)
+        self._pending: Deque[Tuple[Path, Tuple[int, ...], bool]] = deque()
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+        self._child: Optional[subprocess.Popen] = None
+        self._closing = False
+        self.finished: List[Tuple[str, Tuple[int, ...], int]] = []  # (model file name, tiles, exit status)
+
+    def request(self, model_path, tiles: Iterable[int], amp: bool = True) -> bool:
+        """Queue a preparation of these tile sizes; False (and nothing queued) when background preparation
+        is off, the model file is missing or too big to prepare ahead, or every tile's IR is cached."""
+        from backend.inference import runtime
+
+        model_path = Path(model_path)
+        if self._closing or not warmup_enabled() or not model_path.is_file():
+            return False
+        if model_path.stat().st_size > MAX_MODEL_BYTES:
+            log.info("%s is too big to prepare OpenVINO ahead for (%d MB)", model_path.name,
+                     model_path.stat().st_size >> 20)
+            return False
+        wanted = tuple(int(t) for t in tiles if not runtime._cached_ir_path(model_path, int(t)).is_file())
+        if not wanted:
+            return False
+        with self._cond:
+            queued = {(p, t) for p, ts, _ in self._pending for t in ts}
+            wanted = tuple(t for t in wanted if (model_path, t) not in queued)
+            if not wanted:
+                return True
+            self._pending.append((model_path, wanted, bool(amp)))
+            if self._thread is None:  # the runner clears it, under this lock, as it leaves
+                self._thread = threading.Thread(target=self._run, name="skysense-openvino-warmup", daemon=True)
+                self._thread.start()
+        return True
+
+    def busy(self) -> bool:
+        with self._cond:
+            return bool(self._pending) or self._child is not None
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until nothing is queued or running; False on timeout."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._child is not None:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop: drop what is queued and end the running child (its files are written by rename, so
+        nothing half-made is left behind)."""
+        with self._cond:
+            self._closing = True
+            self._pending.clear()
+            child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    def _command(self, model_path: Path, tiles: Tuple[int, ...], amp: bool) -> List[str]:
+        command = [self.python, "-m", "backend.inference.openvino_warmup", "--model", str(model_path),
+                   "--tiles", ",".join(str(t) for t in tiles)]
+        return command + ([] if amp else ["--fp32"])
+
+    def _run(self) -> None:
+        from backend.inference import runtime
+
+        while True:
+            with self._cond:
+                if not self._pending or self._closing:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                model_path, tiles, amp = self._pending[0]
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+            log_path = runtime.openvino_cache_dir() / "warmup.log"
+            start = time.monotonic()
+            log.info("preparing OpenVINO in the background for %s, tiles %s (log: %s)", model_path.name,
+                     ",".join(map(str, tiles)), log_path)
+            try:
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(log_path, "a", encoding="utf-8") as out:
+                    with self._cond:
+                        if self._closing:
+                            self._thread = None
+                            self._cond.notify_all()
+                            return
+                        self._child = subprocess.Popen(self._command(model_path, tiles, amp), cwd=str(REPO),
+                                                       env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                                       stderr=subprocess.STDOUT)
+                    status = self._child.wait()
+            except OSError as exc:
+                log.warning("could not start the background OpenVINO preparation (%s)", exc)
+                status = -1
+            if status == 0:
+                log.info("background OpenVINO preparation for %s done in %.0f s", model_path.name,
+                         time.monotonic() - start)
+            elif not self._closing:
+                log.warning("background OpenVINO preparation for %s ended with status %s (see %s); jobs run "
+                            "as before", model_path.name, status, log_path)
+            with self._cond:
+                self._child = None
+                if self._pending and self._pending[0][:2] == (model_path, tiles):
+                    self._pending.popleft()
+                self.finished.append((model_path.name, tiles, status))
+                self._cond.notify_all()
+
+
+_WARMER: List[BackgroundWarmer] = []
+_WARMER_LOCK = threading.Lock()
+
+
+def background_warmer() -> BackgroundWarmer:
+    """The process's warmer (one queue, one child at a time)."""
+    with _WARMER_LOCK:
+        if not _WARMER:
+            _WARMER.append(BackgroundWarmer())
+        return _WARMER[0]
+
+
+def warm_default_model(warmer: Optional[BackgroundWarmer] = None, overlap: int = 64, sizes: int = 4) -> bool:
+    """On the server's start, when jobs run on the CPU: prepare the bundled land-cover model at the `sizes`
+    largest tile sizes a raster can be fitted to from its own tile. For the bundled model (tile 640) those
+    are 640, 608, 576 and 544, which plan_tiles picks for 89 % of square rasters from 641 to 8192 px; each
+    costs ~55 MB of cache (IR and compiled model), so the rarer sizes wait for a job that needs them.
+    Returns whether anything was queued."""
+    from backend.inference.predictors import resolve_device
+    from backend.inference.runtime import model_file_meta
+    from backend.io.tiling import fitted_tile_sizes
+    from backend.pipelines.landcover import DEFAULT_MODEL
+
+    warmer = warmer or background_warmer()
+    if not warmup_enabled() or not DEFAULT_MODEL.is_file() or resolve_device("auto") != "cpu":
+        return False
+    tile = int(model_file_meta(DEFAULT_MODEL, ("segmentation",)).get("tile_size") or 512)
+    return warmer.request(DEFAULT_MODEL, fitted_tile_sizes(tile, overlap)[:sizes])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend.inference.openvino_warmup",
+                                     description="Make a model file's OpenVINO IR and compiled-model cache "
+                                                 "for these tile sizes, at the lowest CPU priority")
+    parser.add_argument("--model", type=Path, required=True, help="project model file (.pth)")
+    parser.add_argument("--tiles", required=True, help="comma-separated tile sizes, e.g. 640,608")
+    parser.add_argument("--fp32", action="store_true", help="compile for fp32 (jobs with amp off)")
+    args = parser.parse_args(argv)
+    try:
+        tiles = [int(t) for t in args.tiles.split(",") if t.strip()]
+    except ValueError:
+        parser.error(f"--tiles must be integers separated by commas, got {args.tiles!r}")
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(19)  # jobs come first: this only uses CPU they leave idle
+    from backend.inference import runtime
+
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} nice {os.nice(0) if hasattr(os, 'nice') else '-'}"
+          f": {args.model.name}, tiles {','.join(map(str, tiles))}", flush=True)
+    try:
+        with _exclusive(runtime.openvino_cache_dir() / "warmup.lock"):
+            prepare_tiles(args.model, tiles, amp=not args.fp32, report=lambda line: print(line, flush=True))
+    except Exception as exc:  # the log says why; jobs run without it as before
+        print(f"failed for {args.model.name}: {type(exc).__name__}: {exc}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
