@@ -82,8 +82,10 @@ def create_app(token: str, jobs: Optional[JobManager] = None,
     @app.get("/health", response_model=Health)
     def health():
         counts = jobs.counts()
+        from backend.inference.openvino_warmup import background_warmer
         return {"status": "ok", "version": backend.__version__, **device_info(), "pid": os.getpid(),
-                "jobs_queued": counts["queued"], "jobs_running": counts["running"]}
+                "jobs_queued": counts["queued"], "jobs_running": counts["running"],
+                "preparing": background_warmer().describe()}
 
     @app.get("/models", response_model=List[ModelEntry])
     def list_models():

@@ -270,6 +270,8 @@ class Health(BaseModel):
     pid: int
     jobs_queued: int
     jobs_running: int
+    # what the backend prepares in the background for faster CPU jobs (openvino_warmup), if anything
+    preparing: Optional[str] = None
 
 
 class ModelEntry(BaseModel):

@@ -48,5 +48,8 @@ class BackendPage(QWidget):
             where = f"GPU: {health.get('gpu_name') or 'CUDA'}"
         else:
             where = "CPU"
-        self.status.setText(f"Running — SkySense backend {health.get('version', '?')}, "
-                            f"torch {health.get('torch', '?')}, {where}")
+        text = f"Running — SkySense backend {health.get('version', '?')}, torch {health.get('torch', '?')}, {where}"
+        if health.get("preparing"):
+            text += (f". Preparing {health['preparing']} in the background: until it is done, "
+                     "the first CPU jobs may run slower")
+        self.status.setText(text)

@@ -49,7 +49,14 @@ def test_plugin_gui_has_dock_sections_menu_and_provider(plugin):
     assert not plugin.dock.isHidden() and plugin.dock_action.isChecked()
     assert QgsApplication.processingRegistry().providerById("skysense") is not None
     # Backend section shows health and the model list reached the model choosers.
-    assert "CPU" in dock.backend.status.text()
+    assert "CPU" in dock.backend.status.text() and "Preparing" not in dock.backend.status.text()
+    health = {"status": "ok", "version": "1", "device": "cpu", "torch": "2",
+              "preparing": "OpenVINO for a.pth at tile 640"}
+    dock.backend.show_health(health)  # a backend preparing OpenVINO in the background says so
+    assert dock.backend.status.text().endswith(", CPU. Preparing OpenVINO for a.pth at tile 640 in the background: "
+                                               "until it is done, the first CPU jobs may run slower")
+    dock.refresh_backend()
+    assert "Preparing" not in dock.backend.status.text()
     assert dock.landcover.model.combo.count() == 2
     assert dock.change.model.combo.count() == 1  # no change model listed: only the default entry
     # every task starts at the model file's own tile size

@@ -203,3 +203,32 @@ def test_idle_work_that_fails_leaves_the_worker_running(test_kinds, helpers, out
             assert manager.wait(job.id, 30)["state"] == "done"
     finally:
         manager.close(timeout=30)
+
+
+def test_health_says_what_the_backend_prepares_in_the_background(client, auth, monkeypatch, tmp_path):
+    import sys
+    import time
+
+    from backend.inference import openvino_predictor, openvino_warmup
+
+    monkeypatch.setenv(openvino_warmup.SWITCH, "1")
+    monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(openvino_predictor, "openvino_available", lambda: True)
+    warmer = openvino_warmup.BackgroundWarmer()
+    monkeypatch.setattr(warmer, "_command", lambda *a: [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(openvino_warmup, "background_warmer", lambda: warmer)
+    assert client.get("/health", headers=auth).json()["preparing"] is None
+    model = tmp_path / "lc.pth"
+    model.write_bytes(b"a model file")
+    other = tmp_path / "change.pth"
+    other.write_bytes(b"another model file")
+    try:
+        assert warmer.request(model, [640, 608]) and warmer.request(other, [256])
+        assert client.get("/health", headers=auth).json()["preparing"] == \
+            "OpenVINO for lc.pth at tiles 640, 608 (then 1 more)"
+    finally:
+        warmer.close()
+    end = time.monotonic() + 10
+    while client.get("/health", headers=auth).json()["preparing"] is not None:
+        assert time.monotonic() < end
+        time.sleep(0.05)
