@@ -29,7 +29,7 @@ from typing import Callable, Deque, Iterable, List, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SWITCH", "MAX_MODEL_BYTES", "warmup_enabled", "prepare_tiles", "BackgroundWarmer", "background_warmer",
+__all__ = ["SWITCH", "MAX_MODEL_BYTES", "cache_budget_bytes", "prune_cache", "warmup_enabled", "prepare_tiles", "BackgroundWarmer", "background_warmer",
            "warm_default_model"]
 
 SWITCH = "SKYSENSE_OPENVINO_WARMUP"
@@ -37,6 +37,50 @@ SWITCH = "SKYSENSE_OPENVINO_WARMUP"
 # a job big enough asks for it (runtime.openvino_for_big_cpu_job), not ahead.
 MAX_MODEL_BYTES = 256 << 20
 REPO = Path(__file__).resolve().parents[2]
+
+
+def cache_budget_bytes() -> int:
+    """How much OpenVINO's part of the cache (IRs and compiled models) may hold: $SKYSENSE_OPENVINO_CACHE_MB,
+    default 2048 MB (the bundled model's four prepared tile sizes take ~220 MB)."""
+    try:
+        return max(0, int(float(os.environ.get("SKYSENSE_OPENVINO_CACHE_MB", "2048")) * 2 ** 20))
+    except ValueError:
+        return 2048 * 2 ** 20
+
+
+def prune_cache(folder: Path, budget: int, keep: Iterable[Path] = ()) -> List[Path]:
+    """Remove the least recently used IRs (xml and bin together; a job's use touches the bin) and compiled
+    models from OpenVINO's cache folder until it holds at most `budget` bytes, never an IR in `keep`.
+    Returns what was removed. A removed entry is only made again when a job or the background wants it."""
+    keep = {Path(p).with_suffix("") for p in keep}
+    units, total = [], 0  # units: (last use, bytes, files) that may go; total: every byte, kept ones too
+    for xml in (folder / "ir").glob("*.xml") if (folder / "ir").is_dir() else []:
+        files = [xml, xml.with_suffix(".bin")]
+        stats = []
+        for path in files:
+            with contextlib.suppress(OSError):
+                stats.append(path.stat())
+        if not stats:
+            continue
+        size = sum(st.st_size for st in stats)
+        total += size
+        if xml.with_suffix("") not in keep:
+            units.append((max(st.st_mtime for st in stats), size, files))
+    for blob in folder.glob("*.blob") if folder.is_dir() else []:
+        with contextlib.suppress(OSError):
+            st = blob.stat()
+            units.append((st.st_mtime, st.st_size, [blob]))
+            total += st.st_size
+    removed = []
+    for _, size, files in sorted(units, key=lambda unit: unit[0]):
+        if total <= budget:
+            break
+        for path in files:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+        total -= size
+    return removed
 
 
 def warmup_enabled() -> bool:
@@ -288,6 +332,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with _exclusive(runtime.openvino_cache_dir() / "warmup.lock"):
             prepare_tiles(args.model, tiles, amp=not args.fp32, report=lambda line: print(line, flush=True))
+            made = [runtime._cached_ir_path(args.model, t) for t in tiles]
+            for path in prune_cache(runtime.openvino_cache_dir(), cache_budget_bytes(), keep=made):
+                print(f"removed {path.name} (least recently used; the cache is over its budget)", flush=True)
     except Exception as exc:  # the log says why; jobs run without it as before
         print(f"failed for {args.model.name}: {type(exc).__name__}: {exc}", flush=True)
         return 1

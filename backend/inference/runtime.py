@@ -18,6 +18,7 @@ import contextlib
 import copy
 import hashlib
 import logging
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -223,6 +224,8 @@ def _held_openvino_predictor(ir_path: Path, precision: str) -> OpenVinoPredictor
                                       cache_dir=openvino_cache_dir())
         _LAST_OPENVINO.clear()
         _LAST_OPENVINO[key] = predictor
+    with contextlib.suppress(OSError):  # last use, for pruning the cache (the xml's own time keys the held model)
+        os.utime(ir_path.with_suffix(".bin"))
     return predictor
 
 
@@ -260,6 +263,9 @@ def prepare_openvino_while_idle() -> Optional[str]:
         log.warning("could not prepare OpenVINO for %s at tile %d (%s: %s); jobs run as before",
                     model_path.name, tile_size, type(exc).__name__, exc)
         return None
+    from backend.inference.openvino_warmup import cache_budget_bytes, prune_cache
+    for path in prune_cache(openvino_cache_dir(), cache_budget_bytes(), keep=[predictor.path]):
+        log.info("removed %s from the OpenVINO cache (least recently used; over its budget)", path.name)
     return f"{model_path.name}, tile {tile_size}, {predictor.precision}"
 
 

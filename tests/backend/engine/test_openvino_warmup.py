@@ -61,6 +61,11 @@ def test_the_background_child_makes_the_ir_at_low_priority_and_a_job_then_runs_i
     import models.onnx_export
 
     pth = exported_landcover["pth"]
+    stale = [warm_cache / "openvino" / "ir" / f"stale.{ext}" for ext in ("xml", "bin")]
+    stale[0].parent.mkdir(parents=True)
+    for path in stale:
+        path.write_bytes(b"an IR no job has used for long")
+    monkeypatch.setenv("SKYSENSE_OPENVINO_CACHE_MB", "0")  # a budget nothing fits in, but what was just made
     warmer = openvino_warmup.BackgroundWarmer()
     assert warmer.request(pth, [64, 96], amp=False)
     assert warmer.wait(timeout=600), "the background preparation did not end"
@@ -70,7 +75,9 @@ def test_the_background_child_makes_the_ir_at_low_priority_and_a_job_then_runs_i
     assert "lc_tiny.pth tile 64: IR made and compiled (fp32, OpenVINO)" in log and "tile 96: IR made" in log
     assert runtime.openvino_ready(pth, 64, amp=False) == "exported" and runtime.openvino_ready(pth, 96, amp=False)
     assert not (warm_cache / "onnx").exists() or not any((warm_cache / "onnx").iterdir())  # export not kept
-    assert list((warm_cache / "openvino").glob("*.blob"))  # OpenVINO's compiled-model cache, filled
+    # OpenVINO's compiled-model cache was filled, then pruned to the budget with the stale IR; the new IRs stay
+    assert "removed stale.xml" in log and "removed stale.bin" in log and ".blob (least recently used" in log
+    assert not any(path.exists() for path in stale) and not list((warm_cache / "openvino").glob("*.blob"))
     assert not warmer.request(pth, [64, 96])  # every IR is cached: nothing to do
 
     monkeypatch.setattr(models.onnx_export, "export_onnx", lambda *a, **k: pytest.fail("exported in the job"))
@@ -114,11 +121,15 @@ def test_a_single_small_job_whose_ir_is_cached_has_it_compiled_while_idle(
     tiles = np.random.default_rng(2).normal(size=(2, 3, 64, 64)).astype(np.float32)
     expected = made([tiles])
     runtime._LAST_OPENVINO.clear()  # a restarted backend: the IR is on disk, nothing compiled
+    stale = warm_cache / "openvino" / "ir" / "stale.xml"
+    stale.write_text("an IR no job has used for long")
+    monkeypatch.setenv("SKYSENSE_OPENVINO_CACHE_MB", "0")  # the idle worker prunes too, never what it holds
     small = _tiles_for(runtime.OPENVINO_MIN_MEGAPIXELS["exported"] / 2)
     assert isinstance(runtime.make_predictor(model, device="cpu", tile_size=64, model_path=stand_in_model_file,
                                              expected_tiles=small), TorchPredictor)
     assert runtime.prepare_openvino_while_idle() == "weights.bin, tile 64, fp32, OpenVINO"  # one job is enough
     assert runtime.openvino_ready(stand_in_model_file, 64) == "compiled" and warmer.requests == []
+    assert not stale.exists() and len(list(stale.parent.glob("*"))) == 2  # the held model's xml and bin
     again = runtime.make_predictor(model, device="cpu", tile_size=64, model_path=stand_in_model_file,
                                    expected_tiles=small)
     assert isinstance(again, OpenVinoPredictor)
@@ -187,3 +198,49 @@ def test_the_child_command_line_fails_clearly_on_bad_tiles(warm_cache, stand_in_
                            str(stand_in_model_file), "--tiles", "64"], capture_output=True, text=True,
                           env=repo_env(), timeout=300)
     assert done.returncode == 1 and "failed for weights.bin: CheckpointError" in done.stdout
+
+
+def test_the_cache_is_pruned_to_its_budget_least_recently_used_first_never_what_was_just_made(tmp_path, monkeypatch):
+    import os
+
+    folder = tmp_path / "openvino"
+    (folder / "ir").mkdir(parents=True)
+
+    def entry(name, size, used):
+        paths = [folder / "ir" / f"{name}.xml", folder / "ir" / f"{name}.bin"] if name.startswith("ir") else \
+            [folder / f"{name}.blob"]
+        for path in paths:
+            path.write_bytes(b"x" * size)
+            os.utime(path, (used, used))
+        return paths
+
+    old_ir = entry("ir_old", 100, 1000)
+    kept_ir = entry("ir_kept", 100, 900)  # oldest of all, but just made for the job: never removed
+    recent_ir = entry("ir_recent", 100, 3000)
+    old_blob, new_blob = entry("111", 150, 1500), entry("222", 150, 3500)
+    (folder / "warmup.log").write_text("not a cache entry")
+    removed = openvino_warmup.prune_cache(folder, budget=600, keep=[kept_ir[0]])
+    # 900 bytes held (an IR is two files of 100): the old IR and then the old blob go, which brings it to 550
+    assert sorted(p.name for p in removed) == ["111.blob", "ir_old.bin", "ir_old.xml"]
+    assert all(p.exists() for p in kept_ir + recent_ir + new_blob) and not any(p.exists() for p in old_ir + old_blob)
+    assert (folder / "warmup.log").exists()
+    assert openvino_warmup.prune_cache(folder, budget=600) == []  # under budget: nothing more
+    assert openvino_warmup.prune_cache(tmp_path / "none", budget=0) == []  # no cache yet
+
+    monkeypatch.setenv("SKYSENSE_OPENVINO_CACHE_MB", "1.5")
+    assert openvino_warmup.cache_budget_bytes() == int(1.5 * 2 ** 20)
+    monkeypatch.setenv("SKYSENSE_OPENVINO_CACHE_MB", "lots")
+    assert openvino_warmup.cache_budget_bytes() == 2048 * 2 ** 20
+
+
+def test_a_job_using_a_cached_ir_marks_it_used_without_losing_the_held_model(warm_cache, model, stand_in_model_file):
+    import os
+
+    first = runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64,
+                                   model_path=stand_in_model_file)
+    (xml,) = (warm_cache / "openvino" / "ir").glob("*.xml")
+    os.utime(xml.with_suffix(".bin"), (1000, 1000))
+    again = runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64,
+                                   model_path=stand_in_model_file)
+    assert again is first  # the held model still matches its file
+    assert xml.with_suffix(".bin").stat().st_mtime > 1000 + 3600
