@@ -78,7 +78,7 @@ def bench_job_batch(tmp: Path, size: int, results: dict, jobs: int = 5, repeat: 
             openvino_warmup._WARMER[:] = [warmer]  # the jobs' requests go to this round's process too
             started = time.perf_counter()
             if label == "new":  # what the server's first start begins (unless SKYSENSE_OPENVINO_WARMUP=0)
-                queued = openvino_warmup.warm_default_model(warmer)
+                queued = bool(openvino_warmup.warm_bundled_models(warmer))
             try:
                 rounds[what] = _run_batch(manager, raster, tmp / "batch_out", jobs, label)
                 if warmer.busy() or warmer.finished:

@@ -4,8 +4,8 @@ A CPU job runs OpenVINO only when it is big enough to repay what is not ready ye
 OPENVINO_MIN_MEGAPIXELS): the OpenVINO IR of the model at the job's fitted tile size (an ONNX export and a
 conversion, 5-6 s per model file and tile size) and its compile (about 1 s, kept in OpenVINO's cache). A
 child process makes both at the lowest CPU priority (SCHED_IDLE and nice 19), so it takes mostly CPU that
-jobs leave idle: on the server's start, for the bundled land-cover model at the tile sizes most rasters are
-fitted to (about 36 s on 2 cores); after a job that would have run OpenVINO had it been ready, for that
+jobs leave idle: on the server's start, for the bundled land-cover and change models at the tile sizes most
+rasters are fitted to (about 50 s on 2 cores); after a job that would have run OpenVINO had it been ready, for that
 job's model file and tile. Later jobs then start
 OpenVINO in 0.3 s. The ONNX export it goes through is not kept (the IR is what jobs read).
 
@@ -30,7 +30,7 @@ from typing import Callable, Deque, Iterable, List, Optional, Tuple
 log = logging.getLogger(__name__)
 
 __all__ = ["SWITCH", "MAX_MODEL_BYTES", "cache_budget_bytes", "prune_cache", "warmup_enabled", "prepare_tiles", "BackgroundWarmer", "background_warmer",
-           "warm_default_model"]
+           "bundled_models_ahead", "warm_bundled_models"]
 
 SWITCH = "SKYSENSE_OPENVINO_WARMUP"
 # A bigger model's IR costs its size again on disk for every tile size: such models are prepared only when
@@ -281,22 +281,35 @@ def background_warmer() -> BackgroundWarmer:
         return _WARMER[0]
 
 
-def warm_default_model(warmer: Optional[BackgroundWarmer] = None, overlap: int = 64, sizes: int = 4) -> bool:
-    """On the server's start, when jobs run on the CPU: prepare the bundled land-cover model at the `sizes`
-    largest tile sizes a raster can be fitted to from its own tile. For the bundled model (tile 640) those
-    are 640, 608, 576 and 544, which plan_tiles picks for 89 % of square rasters from 641 to 8192 px; each
-    costs ~55 MB of cache (IR and compiled model), so the rarer sizes wait for a job that needs them.
-    Returns whether anything was queued."""
+def bundled_models_ahead() -> List[Tuple[Path, str, int, int]]:
+    """What the server's start prepares: (model file, task, job overlap, how many fitted tile sizes). The
+    land-cover model's four largest sizes (640, 608, 576, 544) are what plan_tiles picks for 89 % of square
+    rasters from 641 to 8192 px; the change model's two (256, 224) for 96 % from 257 px. Each size costs
+    ~55 MB of cache (IR and compiled model) for the land-cover model, so the rarer ones wait for a job."""
+    from backend.pipelines.change import DEFAULT_CHANGE_MODEL
+    from backend.pipelines.landcover import DEFAULT_MODEL
+
+    return [(DEFAULT_MODEL, "segmentation", 64, 4), (DEFAULT_CHANGE_MODEL, "change", 32, 2)]
+
+
+def warm_bundled_models(warmer: Optional[BackgroundWarmer] = None) -> List[Path]:
+    """On the server's start, when jobs run on the CPU: queue the bundled models' preparation
+    (bundled_models_ahead), land cover first. Returns the model files queued."""
     from backend.inference.predictors import resolve_device
     from backend.inference.runtime import model_file_meta
     from backend.io.tiling import fitted_tile_sizes
-    from backend.pipelines.landcover import DEFAULT_MODEL
 
     warmer = warmer or background_warmer()
-    if not warmup_enabled() or not DEFAULT_MODEL.is_file() or resolve_device("auto") != "cpu":
-        return False
-    tile = int(model_file_meta(DEFAULT_MODEL, ("segmentation",)).get("tile_size") or 512)
-    return warmer.request(DEFAULT_MODEL, fitted_tile_sizes(tile, overlap)[:sizes])
+    if not warmup_enabled() or resolve_device("auto") != "cpu":
+        return []
+    queued = []
+    for path, task, overlap, sizes in bundled_models_ahead():
+        if not path.is_file():
+            continue
+        tile = int(model_file_meta(path, (task,)).get("tile_size") or 512)
+        if warmer.request(path, fitted_tile_sizes(tile, overlap)[:sizes]):
+            queued.append(path)
+    return queued
 
 
 def _lowest_priority() -> str:

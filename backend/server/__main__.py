@@ -76,12 +76,12 @@ def _watch_parent(pid: int, stop) -> None:
 
 
 def _warm_up_in_background() -> None:
-    """Have OpenVINO prepared for the bundled land-cover model by a low-priority child process
+    """Have OpenVINO prepared for the bundled models by a low-priority child process
     (backend.inference.openvino_warmup), decided off the start-up path (it imports torch)."""
     def start():
         try:
-            from backend.inference.openvino_warmup import warm_default_model
-            warm_default_model()
+            from backend.inference.openvino_warmup import warm_bundled_models
+            warm_bundled_models()
         except Exception:  # jobs run without it as before
             log.exception("could not start preparing OpenVINO in the background")
     threading.Thread(target=start, name="skysense-warmup-start", daemon=True).start()

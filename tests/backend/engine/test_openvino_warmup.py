@@ -167,22 +167,31 @@ def test_closing_the_warmer_ends_its_running_child_and_drops_the_queue(warm_cach
     assert not warmer.request(stand_in_model_file, [128])  # a closed warmer takes nothing more
 
 
-def test_the_server_start_prepares_the_bundled_model_at_its_commonest_tiles(warm_cache, monkeypatch):
+def test_the_server_start_prepares_the_bundled_models_at_their_commonest_tiles(warm_cache, monkeypatch):
     import backend.inference.predictors
+    from backend.pipelines.change import DEFAULT_CHANGE_MODEL
     from backend.pipelines.landcover import DEFAULT_MODEL
     from backend.server import __main__ as server_main
 
+    # the sizes prepared are those plan_tiles picks most often for rasters larger than the model's tile
+    for path, _, overlap, sizes in openvino_warmup.bundled_models_ahead():
+        tile = {DEFAULT_MODEL: 640, DEFAULT_CHANGE_MODEL: 256}[path]
+        picked = [plan_tiles(n, n, tile, overlap).tile for n in range(tile + 1, 8193)]
+        counts = sorted(((picked.count(t), t) for t in set(picked)), reverse=True)
+        top = sorted((t for _, t in counts[:sizes]), reverse=True)
+        assert fitted_tile_sizes(tile, overlap)[:sizes] == top
+        assert sum(c for c, _ in counts[:sizes]) / len(picked) > 0.85
     warmer = RecordingWarmer()
-    assert openvino_warmup.warm_default_model(warmer)
-    assert warmer.requests == [(DEFAULT_MODEL, [640, 608, 576, 544], True)]
+    assert openvino_warmup.warm_bundled_models(warmer) == [DEFAULT_MODEL, DEFAULT_CHANGE_MODEL]
+    assert warmer.requests == [(DEFAULT_MODEL, [640, 608, 576, 544], True), (DEFAULT_CHANGE_MODEL, [256, 224], True)]
     with monkeypatch.context() as patched:
         patched.setattr(backend.inference.predictors, "resolve_device", lambda device="auto": "cuda")
-        assert not openvino_warmup.warm_default_model(warmer)  # GPU jobs run PyTorch: nothing to prepare
+        assert openvino_warmup.warm_bundled_models(warmer) == []  # GPU jobs run PyTorch: nothing to prepare
     monkeypatch.setenv(openvino_warmup.SWITCH, "0")
-    assert not openvino_warmup.warm_default_model(warmer) and len(warmer.requests) == 1
+    assert openvino_warmup.warm_bundled_models(warmer) == [] and len(warmer.requests) == 2
 
     called = threading.Event()
-    monkeypatch.setattr(openvino_warmup, "warm_default_model", lambda: called.set())
+    monkeypatch.setattr(openvino_warmup, "warm_bundled_models", lambda: called.set())
     server_main._warm_up_in_background()  # what the server's main() calls once listening
     assert called.wait(10)
 
