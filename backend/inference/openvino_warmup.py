@@ -221,7 +221,7 @@ class BackgroundWarmer:
 
     def _command(self, model_path: Path, tiles: Tuple[int, ...], amp: bool) -> List[str]:
         command = [self.python, "-m", "backend.inference.openvino_warmup", "--model", str(model_path),
-                   "--tiles", ",".join(str(t) for t in tiles)]
+                   "--tiles", ",".join(str(t) for t in tiles), "--parent-pid", str(os.getpid())]
         return command + ([] if amp else ["--fp32"])
 
     def _run(self) -> None:
@@ -325,6 +325,24 @@ def _lowest_priority() -> str:
     return ", ".join(got) or "normal priority"
 
 
+def _end_with_parent(parent_pid: Optional[int]) -> bool:
+    """Stop when the backend that started this process is gone, even killed (Linux: a SIGTERM on its death),
+    and leave through Python's exit path, so the files being written are removed, not left half made.
+    False if it is gone already."""
+    import signal
+
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, leave)
+    if parent_pid is None:
+        return True
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    return os.getppid() == parent_pid
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.inference.openvino_warmup",
                                      description="Make a model file's OpenVINO IR and compiled-model cache "
@@ -332,11 +350,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="project model file (.pth)")
     parser.add_argument("--tiles", required=True, help="comma-separated tile sizes, e.g. 640,608")
     parser.add_argument("--fp32", action="store_true", help="compile for fp32 (jobs with amp off)")
+    parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process (the backend) is gone")
     args = parser.parse_args(argv)
     try:
         tiles = [int(t) for t in args.tiles.split(",") if t.strip()]
     except ValueError:
         parser.error(f"--tiles must be integers separated by commas, got {args.tiles!r}")
+    if not _end_with_parent(args.parent_pid):
+        print(f"the backend (pid {args.parent_pid}) is gone: nothing prepared", flush=True)
+        return 0
     priority = _lowest_priority()  # before torch and OpenVINO start threads, which inherit it
     from backend.inference import runtime
 

@@ -253,3 +253,48 @@ def test_a_job_using_a_cached_ir_marks_it_used_without_losing_the_held_model(war
                                    model_path=stand_in_model_file)
     assert again is first  # the held model still matches its file
     assert xml.with_suffix(".bin").stat().st_mtime > 1000 + 3600
+
+
+def test_the_child_ends_when_its_backend_is_killed_and_leaves_no_half_made_file(warm_cache, exported_landcover):
+    import os
+    import signal
+
+    from tests.conftest import repo_env
+
+    tiles = "64,96,128,160,192,224,256,288,320"  # long enough to be caught mid-way
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from backend.inference.openvino_warmup import BackgroundWarmer\n"
+         "w = BackgroundWarmer()\n"
+         f"assert w.request(sys.argv[1], [{tiles}], amp=False)\n"
+         "while w._child is None: time.sleep(0.02)\n"
+         "print(w._child.pid, flush=True)\n"
+         "time.sleep(600)\n", str(exported_landcover["pth"])],
+        stdout=subprocess.PIPE, text=True, env=repo_env())
+    try:
+        child = int(parent.stdout.readline())
+        log = warm_cache / "openvino" / "warmup.log"
+        end = time.monotonic() + 120
+        while "tile 64:" not in (log.read_text() if log.exists() else ""):  # started, one tile made
+            assert time.monotonic() < end and parent.poll() is None, "the background preparation did not start"
+            time.sleep(0.05)
+        parent.send_signal(signal.SIGKILL)  # the backend dies without closing anything
+        parent.wait(10)
+
+        def running():
+            try:
+                return "\nState:\tZ" not in open(f"/proc/{child}/status").read()  # a zombie has ended
+            except FileNotFoundError:
+                return False
+        end = time.monotonic() + 60
+        while running():
+            assert time.monotonic() < end, "the background preparation outlived its backend"
+            time.sleep(0.1)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    made = sorted(p.name for p in (warm_cache / "openvino" / "ir").iterdir())
+    assert made and all(not name.startswith(".") for name in made), made  # no temporary file left
+    assert len([n for n in made if n.endswith(".xml")]) < len(tiles.split(","))  # it stopped part-way
+    assert all((warm_cache / "openvino" / "ir" / n).with_suffix(".bin").exists() for n in made if n.endswith(".xml"))
+    assert os.environ.get("SKYSENSE_CACHE") == str(warm_cache)
