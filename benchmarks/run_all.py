@@ -661,7 +661,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reliability-size", type=int, default=2048,
                     help="raster side for the reliability section (cancel, kill, restart, queue: ~1 min at 2048)")
     ap.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes)")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,big,batch,change,compile,precision,onnx,memory,gpu,int8,reliability")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,big,batch,change,compile,"
+                                               "precision,onnx,memory,gpu,int8,reliability")
     ap.add_argument("--repeat", type=int, default=3, help="speed runs: best of this many (default 3)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)

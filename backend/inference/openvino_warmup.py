@@ -29,8 +29,8 @@ from typing import Callable, Deque, Iterable, List, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SWITCH", "MAX_MODEL_BYTES", "cache_budget_bytes", "prune_cache", "warmup_enabled", "prepare_tiles", "BackgroundWarmer", "background_warmer",
-           "bundled_models_ahead", "warm_bundled_models"]
+__all__ = ["SWITCH", "MAX_MODEL_BYTES", "cache_budget_bytes", "prune_cache", "warmup_enabled", "prepare_tiles",
+           "BackgroundWarmer", "background_warmer", "bundled_models_ahead", "warm_bundled_models"]
 
 SWITCH = "SKYSENSE_OPENVINO_WARMUP"
 # A bigger model's IR costs its size again on disk for every tile size: such models are prepared only when

@@ -9,7 +9,8 @@ from benchmarks.job_batch import bench_job_batch
 
 
 @pytest.mark.skipif(not openvino_available(), reason="openvino is in requirements/backend.txt")
-def test_batch_section_shows_openvino_taking_over_after_two_same_sized_jobs_or_one_with_its_ir_cached(tmp_path, monkeypatch):
+def test_batch_section_shows_openvino_taking_over_after_two_same_sized_jobs_or_one_with_its_ir_cached(
+        tmp_path, monkeypatch):
     monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "mine"))
     monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
     results = {}
