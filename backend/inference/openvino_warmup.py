@@ -250,7 +250,9 @@ class BackgroundWarmer:
                             return
                         self._child = subprocess.Popen(self._command(model_path, tiles, amp), cwd=str(REPO),
                                                        env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                                       stderr=subprocess.STDOUT)
+                                                       stderr=subprocess.STDOUT,
+                                                       # Windows has no nice: its idle priority class instead
+                                                       creationflags=getattr(subprocess, "IDLE_PRIORITY_CLASS", 0))
                     status = self._child.wait()
             except OSError as exc:
                 log.warning("could not start the background OpenVINO preparation (%s)", exc)
