@@ -4,7 +4,7 @@ polygons off) on a pair of same-sized rasters, before and after OpenVINO is prep
 A new install runs it with PyTorch (bf16 where the CPU does bf16 in hardware): the job's tiles (a 2048² pair:
 81 tiles of 256, twice) are far under the 40 MP that repay an export inside the job. The server's first
 start prepares the bundled change model in the background (openvino_warmup, tiles 256 and 224); from then on
-the same job finds the IR cached (3+ MP: OpenVINO) and, after one job, the compiled model held.
+the same job finds the IR cached (2+ MP: OpenVINO) and, after one job, the compiled model held.
 Printed: each job's seconds from call to return (model loading, engine, P(change) raster, styles), its
 runtime, and its speed against the best PyTorch job.
 """

@@ -11,7 +11,7 @@ to the plain loop on the same raster (its best run, before and after the jobs). 
   first, tells the backend that a batch is running, so its idle worker prepares OpenVINO itself (the third
   job waits for that) and the later jobs run OpenVINO. How long the background preparation took in all
   is printed once the round is over;
-- a restarted backend: the IRs are cached on disk. Jobs of 3+ MP of tiles run OpenVINO from the first;
+- a restarted backend: the IRs are cached on disk. Jobs of 2+ MP of tiles run OpenVINO from the first;
   after a smaller one the idle worker compiles the cached IR (0.3 s) and the later jobs run OpenVINO.
 """
 from __future__ import annotations

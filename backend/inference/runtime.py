@@ -41,9 +41,10 @@ ONNX_MIN_MEGAPIXELS = 40.0  # ~40 s of eager CPU time for the tiny model: a ~10 
 # for the job's tile held from an earlier job or prepared while idle (nothing to pay: OpenVINO bf16 was
 # faster than PyTorch bf16 at every size measured, 512²: 0.10 against 0.12 s, 1024²: 0.25 against 0.44 s,
 # 2048²: 1.1 against 2.0 s), the OpenVINO IR cached on disk (_lasting_ir: 0.33 s to read it and load the
-# compiled model from OpenVINO's cache, ~1.2 s when that cache misses; 1536² was even, 2048² saved 0.7 s),
-# or nothing (ONNX export and conversion 5-6 s, compile ~1 s).
-OPENVINO_MIN_MEGAPIXELS = {"compiled": 0.0, "exported": 3.0, "nothing": ONNX_MIN_MEGAPIXELS}
+# compiled model from OpenVINO's cache, ~1.2 s when that cache misses; whole jobs in fresh processes, three
+# runs: 1024² (1.2 MP) even, 0.75-0.81 against 0.76-0.81 s; 1536² (3.0 MP) 1.32-1.35 against 1.47-1.54 s;
+# 2048² saved 0.7 s), or nothing (ONNX export and conversion 5-6 s, compile ~1 s).
+OPENVINO_MIN_MEGAPIXELS = {"compiled": 0.0, "exported": 2.0, "nothing": ONNX_MIN_MEGAPIXELS}
 
 
 class LazyModel:
@@ -232,7 +233,7 @@ def _held_openvino_predictor(ir_path: Path, precision: str) -> OpenVinoPredictor
 # What the last CPU job would have run with OpenVINO had it been ready: (model, model file, tile size, amp,
 # whether the job before it had the same model file, tile and amp, the job's work in MP).
 # prepare_openvino_while_idle then readies it for the next job, by what it costs: a cached IR is compiled and
-# held at once (0.3 s); a missing IR is made in the background for a job big enough to use it (3+ MP), or
+# held at once (0.3 s); a missing IR is made in the background for a job big enough to use it (2+ MP), or
 # made here, the next job waiting, for a repeated job (a batch run, e.g. Processing's over same-sized
 # rasters: the background process, at the lowest priority, would get no CPU between its jobs). A single
 # small job is not evidence enough for that wait: jobs of other sizes (other fitted tiles) would each wait
@@ -308,7 +309,7 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     native bf16 and `amp`, else fp32; error if openvino is missing or the export fails), "compile"
     (PyTorch through torch.compile, with auto's precision: fp16 on CUDA, bf16 on CPUs with native bf16,
     else fp32; uncompiled where compiling fails), or "auto": PyTorch on CUDA; on CPU, OpenVINO for jobs
-    computing at least OPENVINO_MIN_MEGAPIXELS (expected_tiles x tile_size²; 40 or 3 MP by what is
+    computing at least OPENVINO_MIN_MEGAPIXELS (expected_tiles x tile_size²; 40 or 2 MP by what is
     ready, any size once compiled, see openvino_ready) where installed, else ONNX Runtime for jobs of
     ONNX_MIN_MEGAPIXELS on CPUs without native bf16; otherwise (or where those fail) PyTorch, with bf16 autocast where
     the CPU has native bf16 (and `amp`), else fp32.
