@@ -5,9 +5,9 @@ OPENVINO_MIN_MEGAPIXELS): the OpenVINO IR of the model at the job's fitted tile 
 conversion, 5-6 s per model file and tile size) and its compile (about 1 s, kept in OpenVINO's cache). A
 child process makes both at the lowest CPU priority (SCHED_IDLE and nice 19), so it takes mostly CPU that
 jobs leave idle: on the server's start, for the bundled land-cover and change models at the tile sizes most
-rasters are fitted to (about 50 s on 2 cores); after a job that would have run OpenVINO had it been ready, for that
-job's model file and tile. Later jobs then start
-OpenVINO in 0.3 s. The ONNX export it goes through is not kept (the IR is what jobs read).
+rasters are fitted to (about 50 s on 2 cores); after a job that would have run OpenVINO had it been ready,
+for that job's model file and tile. Later jobs then start OpenVINO in 0.3 s. The ONNX export it goes
+through is not kept (the IR is what jobs read).
 
     python -m backend.inference.openvino_warmup --model FILE --tiles 640,608 [--fp32]
 
@@ -55,6 +55,8 @@ def prune_cache(folder: Path, budget: int, keep: Iterable[Path] = ()) -> List[Pa
     keep = {Path(p).with_suffix("") for p in keep}
     units, total = [], 0  # units: (last use, bytes, files) that may go; total: every byte, kept ones too
     for xml in (folder / "ir").glob("*.xml") if (folder / "ir").is_dir() else []:
+        if xml.name.startswith("."):  # another process's IR being written: its rename must not fail
+            continue
         files = [xml, xml.with_suffix(".bin")]
         stats = []
         for path in files:
