@@ -1,5 +1,8 @@
 """Shared fixtures: the real sample data folder (never copied into the repo)."""
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,11 @@ DATA = Path(os.environ.get("SKYSENSE_DATA", ROOT.parent / "shared" / "data")).re
 # Backends started by tests (and their children) prepare no OpenVINO in the background: that would write
 # into the user's cache and take CPU from the tests. The tests of that preparation turn it on themselves.
 os.environ["SKYSENSE_OPENVINO_WARMUP"] = "0"
+# Nor do tests read or write the user's cache (~/.cache/skysense-qgis): what an earlier run left there (an
+# OpenVINO IR, say) would change which runtime a test's job picks. One empty cache per test session.
+_TEST_CACHE = tempfile.mkdtemp(prefix="skysense-test-cache-")
+os.environ["SKYSENSE_CACHE"] = _TEST_CACHE
+atexit.register(shutil.rmtree, _TEST_CACHE, True)
 
 
 @pytest.fixture(scope="session")
