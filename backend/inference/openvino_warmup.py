@@ -244,7 +244,8 @@ class BackgroundWarmer:
                      ",".join(map(str, tiles)), log_path)
             try:
                 log_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(log_path, "a", encoding="utf-8") as out:
+                long_log = log_path.is_file() and log_path.stat().st_size > 1 << 20
+                with open(log_path, "w" if long_log else "a", encoding="utf-8") as out:  # kept under ~1 MB
                     with self._cond:
                         if self._closing:
                             self._thread = None

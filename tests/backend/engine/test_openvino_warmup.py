@@ -63,6 +63,7 @@ def test_the_background_child_makes_the_ir_at_low_priority_and_a_job_then_runs_i
     pth = exported_landcover["pth"]
     stale = [warm_cache / "openvino" / "ir" / f"stale.{ext}" for ext in ("xml", "bin")]
     stale[0].parent.mkdir(parents=True)
+    (warm_cache / "openvino" / "warmup.log").write_text("an old line\n" * 100_000)  # over 1 MB: started afresh
     for path in stale:
         path.write_bytes(b"an IR no job has used for long")
     monkeypatch.setenv("SKYSENSE_OPENVINO_CACHE_MB", "0")  # a budget nothing fits in, but what was just made
@@ -71,7 +72,7 @@ def test_the_background_child_makes_the_ir_at_low_priority_and_a_job_then_runs_i
     assert warmer.wait(timeout=600), "the background preparation did not end"
     assert warmer.finished == [(pth.name, (64, 96), 0)]
     log = (warm_cache / "openvino" / "warmup.log").read_text()
-    assert "nice 19" in log and ": lc_tiny.pth, tiles 64,96" in log
+    assert "nice 19" in log and ": lc_tiny.pth, tiles 64,96" in log and "an old line" not in log
     assert "lc_tiny.pth tile 64: IR made and compiled (fp32, OpenVINO)" in log and "tile 96: IR made" in log
     assert runtime.openvino_ready(pth, 64, amp=False) == "exported" and runtime.openvino_ready(pth, 96, amp=False)
     assert not (warm_cache / "onnx").exists() or not any((warm_cache / "onnx").iterdir())  # export not kept
