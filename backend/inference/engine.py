@@ -60,6 +60,7 @@ class EngineResult:
     device: str
     tiles: int
     seconds: float
+    skipped_tiles: int = 0              # tiles without a valid pixel, not computed
     class_counts: dict = field(default_factory=dict)   # class value -> pixel count
     valid_pixels: int = 0
     nodata: int = 0
@@ -118,7 +119,8 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> None:
 
 class _Reader(threading.Thread):
     """Per panel and tile row, queues ("row", panel, i) then, per batch of that tile row,
-    ("batch", i, cols, arrays, valid) items.
+    ("batch", i, cols, arrays, with_data, valid) items: arrays hold only the tiles with a valid pixel,
+    cols[b] for b in with_data.
 
     Each batch reads only its own window (its tiles' columns, one GDAL call per input), so the
     reader's buffers do not grow with the raster width; neighbouring batches share `overlap`
@@ -139,7 +141,8 @@ class _Reader(threading.Thread):
             self.norm.append((mean[:, None, None], (1.0 / std)[:, None, None]))
 
     def _read_batch(self, row0: int, h: int, cols: list) -> tuple:
-        """(normalised float32 tiles [B, C, T, T] per input, valid [h, w] of the batch window)."""
+        """(normalised float32 tiles [B', C, T, T] per input of the B' tiles with data, their indices
+        into `cols`, valid [h, w] of the batch window)."""
         L = self.layout
         x0 = cols[0] * L.stride
         x1 = min(cols[-1] * L.stride + L.tile, L.width)
@@ -152,21 +155,22 @@ class _Reader(threading.Thread):
         inside = aoi_mask(self.grid, self.aoi, window)
         if inside is not None:
             valid &= inside
+        spans = [(j * L.stride - x0, min(j * L.stride - x0 + L.tile, x1 - x0)) for j in cols]
+        with_data = _tiles_with_data(valid, spans)
         arrays = []
         for data, (mean, inv_std) in zip(datas, self.norm):
-            batch = np.empty((len(cols), data.shape[0], L.tile, L.tile), np.float32)
-            for b, j in enumerate(cols):
-                c0 = j * L.stride - x0
-                c1 = min(c0 + L.tile, x1 - x0)
+            batch = np.empty((len(with_data), data.shape[0], L.tile, L.tile), np.float32)
+            for k, b in enumerate(with_data):
+                c0, c1 = spans[b]
                 tile = data[:, :, c0:c1].astype(np.float32)
                 tile -= mean
                 tile *= inv_std
                 tile_valid = valid[:, c0:c1]
                 if not tile_valid.all():
                     tile[:, ~tile_valid] = 0.0  # nodata pixels look like the mean
-                batch[b] = tile if tile.shape[1:] == (L.tile, L.tile) else pad_to(tile, L.tile, L.tile)
+                batch[k] = tile if tile.shape[1:] == (L.tile, L.tile) else pad_to(tile, L.tile, L.tile)
             arrays.append(batch)
-        return arrays, valid
+        return arrays, with_data, valid
 
     def run(self) -> None:
         try:
@@ -178,8 +182,8 @@ class _Reader(threading.Thread):
                     h = min(L.tile, L.height - row0)
                     _put(self.out, ("row", panel, i), self.stop)
                     for cols in col_batches:
-                        arrays, valid = self._read_batch(row0, h, cols)
-                        _put(self.out, ("batch", i, cols, arrays, valid), self.stop)
+                        arrays, with_data, valid = self._read_batch(row0, h, cols)
+                        _put(self.out, ("batch", i, cols, arrays, with_data, valid), self.stop)
             _put(self.out, ("end",), self.stop)
         except _Stop:
             pass
@@ -188,6 +192,13 @@ class _Reader(threading.Thread):
                 _put(self.out, ("error", exc), self.stop)
             except _Stop:
                 pass
+
+
+def _tiles_with_data(valid: np.ndarray, spans: list) -> list:
+    """Indices of the batch's tiles (column spans of the batch window) with a valid pixel. The others
+    (all nodata, or outside the AOI polygon) are not computed: each of their pixels is written as
+    nodata whatever the model would say."""
+    return [b for b, (c0, c1) in enumerate(spans) if valid[:, c0:c1].any()]
 
 
 class _Writer(threading.Thread):
@@ -374,8 +385,8 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
         progress.update(0.0, f"predicting {n_tiles} tiles of {layout.tile} px on {device}"
                              + (f" ({precision})" if precision else "") + (f"; {note}" if note else ""))
 
-        _stream(layout, n_tiles, predictor, lut, nodata, len(classes), read_q, reader, writer_thread, progress,
-                with_confidence=confidence_path is not None)
+        skipped = _stream(layout, n_tiles, predictor, lut, nodata, len(classes), read_q, reader, writer_thread,
+                          progress, with_confidence=confidence_path is not None)
 
         writer_thread.q.put(None)
         writer_thread.join()
@@ -390,7 +401,7 @@ def run_inference(inputs: Sequence[EngineInput], predictor: Callable, output_pat
             path=output_path, written_path=output_path if own_outputs else outputs.path_for(output_path),
             confidence_path=confidence_path,
             confidence_written_path=(confidence_path if own_outputs else conf_tmp) if confidence_path else None,
-            grid=out_grid, window=window, device=device, tiles=n_tiles,
+            grid=out_grid, window=window, device=device, tiles=n_tiles, skipped_tiles=skipped,
             seconds=time.perf_counter() - started,
             class_counts={int(c["value"]): int(counts[c["value"]]) for c in classes},
             valid_pixels=int(counts.sum() - counts[nodata]), nodata=nodata)
@@ -429,6 +440,13 @@ def _as_probs(out) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+def _blending_device(predictor) -> torch.device:
+    """Where blending runs when a job's first batch had no tile to compute: the predictor's CUDA
+    device, else the CPU."""
+    name = str(getattr(predictor, "device", "cpu"))
+    return torch.device(name) if name.startswith("cuda") and torch.cuda.is_available() else torch.device("cpu")
+
+
 def _first_max(scores: torch.Tensor) -> tuple:
     """(max over dim 0, index of its first occurrence as uint8) of [K, h, w] scores: what
     scores.max(dim=0) gives, 3x faster on the CPU (torch's index-returning reduction over a short leading
@@ -443,8 +461,9 @@ def _first_max(scores: torch.Tensor) -> tuple:
 
 
 def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int, K: int, read_q: queue.Queue,
-            reader: threading.Thread, writer: _Writer, progress: Progress, with_confidence: bool) -> None:
-    """Consume batches in order, blend with carries, hand each panel's finished row strips to the writer.
+            reader: threading.Thread, writer: _Writer, progress: Progress, with_confidence: bool) -> int:
+    """Consume batches in order, blend with carries, hand each panel's finished row strips to the writer;
+    returns the number of tiles not computed for want of a valid pixel.
 
     Blending runs in torch on the device the predictor answered on (the GPU for CUDA models), so
     only uint8 labels travel back to the host, and CPU runs use torch's threads. Carries: `top`
@@ -456,7 +475,7 @@ def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int
     T, O, S, W = L.tile, L.overlap, L.stride, L.width
     device = weights = top = scratch = None
     trimmer = _HeapTrimmer()
-    done = 0
+    done = skipped = 0
     left = None
     panel: Optional[Panel] = None
     labels = conf = None
@@ -477,7 +496,7 @@ def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int
         if kind == "error":
             raise item[1]
         if kind == "end":
-            return
+            return skipped
         if kind == "row":
             _, panel, row_i = item
             base = panel.first * S
@@ -487,15 +506,21 @@ def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int
             conf = np.full(labels.shape, 255, np.uint8) if with_confidence else None
             left = None
             continue
-        _, i, cols, arrays, valid = item
-        probs = _as_probs(predictor(arrays))
-        if probs.ndim != 4 or probs.shape[0] != len(cols) or tuple(probs.shape[2:]) != (T, T):
-            raise InputError(f"the model returned shape {tuple(probs.shape)}, expected ({len(cols)}, K, {T}, {T})")
-        if probs.shape[1] != K:
-            raise InputError(f"the model predicts {probs.shape[1]} classes but {K} class names were given")
+        _, i, cols, arrays, with_data, valid = item
+        probs = None
+        if with_data:
+            probs = _as_probs(predictor(arrays))
+            if probs.ndim != 4 or probs.shape[0] != len(with_data) or tuple(probs.shape[2:]) != (T, T):
+                raise InputError(f"the model returned shape {tuple(probs.shape)}, "
+                                 f"expected ({len(with_data)}, K, {T}, {T})")
+            if probs.shape[1] != K:
+                raise InputError(f"the model predicts {probs.shape[1]} classes but {K} class names were given")
+        skipped += len(cols) - len(with_data)
         if device is None:  # first batch: put the blending buffers where the probabilities are
-            device = probs.device
+            device = probs.device if probs is not None else _blending_device(predictor)
             weights = torch.from_numpy(blend_weights(T, O).copy()).to(device)
+        if probs is not None and probs.device != device:
+            probs = probs.to(device)
         if O and (top is None or top.shape[2] < (panel.tile_columns - 1) * S + T):
             top = None  # free the narrower band before allocating the wider one
             top = torch.zeros((K + 1, O, (panel.tile_columns - 1) * S + T), dtype=torch.float32, device=device)
@@ -508,13 +533,18 @@ def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int
         # each time (malloc_trim hands freed pages back). The batch's tiles cover all its columns
         # (stride <= tile), so each column is first assigned, and only overlaps are added.
         local = scratch[:, :, :x1 - x0]
+        computed = {b: k for k, b in enumerate(with_data)}
         for b, j in enumerate(cols):
             off = (j - ja) * S
             fresh = 0 if b == 0 else O  # columns [off, off + O) already hold the previous tile's share
-            torch.mul(probs[b][:, :, fresh:], weights[:, fresh:], out=local[:K, :, off + fresh:off + T])
+            if b not in computed:  # a tile without data adds nothing (no weight either)
+                local[:, :, off + fresh:off + T] = 0.0
+                continue
+            tile_probs = probs[computed[b]]
+            torch.mul(tile_probs[:, :, fresh:], weights[:, fresh:], out=local[:K, :, off + fresh:off + T])
             local[K, :, off + fresh:off + T] = weights[:, fresh:]
             if fresh:
-                local[:K, :, off:off + O] += probs[b][:, :, :O] * weights[:, :O]
+                local[:K, :, off:off + O] += tile_probs[:, :, :O] * weights[:, :O]
                 local[K, :, off:off + O] += weights[:, :O]
         if left is not None:
             local[:, :, :O] += left
@@ -535,10 +565,14 @@ def _stream(L: TileLayout, n_tiles: int, predictor, lut: np.ndarray, nodata: int
             best, index = _first_max(region[:K])
             out_labels = lut[index.cpu().numpy()]
             invalid = ~valid[:rows_out, c0 - x0:c1 - x0]
+            if skipped:
+                # Only tiles without data cover it: nodata too. (A pixel can read as valid in one window
+                # and not in a neighbouring one, e.g. on an AOI edge through pixel centres.)
+                invalid |= (region[K] == 0).cpu().numpy()
             out_labels[invalid] = nodata
             labels[:, c0 - panel.start:c1 - panel.start] = out_labels
             if conf is not None:
-                out_conf = torch.round(best / region[K] * 100).to(torch.uint8).cpu().numpy()
+                out_conf = torch.round(best / region[K].clamp_min(1e-12) * 100).to(torch.uint8).cpu().numpy()
                 out_conf[invalid] = 255
                 conf[:, c0 - panel.start:c1 - panel.start] = out_conf
         done += len(cols)

@@ -364,7 +364,7 @@ def engine_figures(found: Dict[str, Any]) -> Dict[str, Any]:
     """How predict_change's engine run went, for a job's metrics: seconds, megapixels, precision/runtime."""
     engine = found["engine"]
     return {"seconds": round(engine.seconds, 3), "megapixels": round(engine.megapixels, 4),
-            "precision": found.get("precision")}
+            "tiles": engine.tiles, "tiles_without_data": engine.skipped_tiles, "precision": found.get("precision")}
 
 
 def predict_landcover(image: Any, grid: Grid, outputs: AtomicOutputs, path: Path, model_path: Any, *,

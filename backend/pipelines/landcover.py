@@ -194,7 +194,8 @@ def run(params: Dict[str, Any], progress: Progress | None = None) -> Dict[str, A
 
     pixel_area = result.grid.pixel_area_m2()
     metrics: Dict[str, Any] = {
-        "tiles": result.tiles, "seconds": round(result.seconds, 3), "megapixels": round(result.megapixels, 4),
+        "tiles": result.tiles, "tiles_without_data": result.skipped_tiles, "seconds": round(result.seconds, 3),
+        "megapixels": round(result.megapixels, 4),
         "megapixels_per_s": round(result.megapixels / result.seconds, 4) if result.seconds else None,
         "class_pixels": {c["name"]: result.class_counts.get(c["value"], 0) for c in classes},
         "class_area_m2": ({c["name"]: result.class_counts.get(c["value"], 0) * pixel_area for c in classes}

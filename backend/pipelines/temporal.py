@@ -230,7 +230,8 @@ def _run(params: Dict[str, Any], progress: Progress, workdir: Path) -> Dict[str,
                             "qml": str(vqml.resolve())})
     unit_area, _ = pixel_area(result.grid)
     metrics = {
-        "tiles": result.tiles, "seconds": round(result.seconds, 3), "megapixels": result.megapixels,
+        "tiles": result.tiles, "tiles_without_data": result.skipped_tiles, "seconds": round(result.seconds, 3),
+        "megapixels": result.megapixels,
         "features": features,
         "class_pixels": {c["name"]: result.class_counts.get(c["value"], 0) for c in classes},
         "class_area_m2": {c["name"]: result.class_counts.get(c["value"], 0) * unit_area for c in classes},

@@ -244,6 +244,10 @@ def test_run_summary_says_how_a_job_ran():
     assert run_summary(result) == "42.0 MP in 18.3 s (2.30 MP/s) on cpu, bf16, OpenVINO"
     assert run_summary({"device": "cuda", "metrics": {"megapixels": 1, "seconds": 2}}) == \
         "1.0 MP in 2.0 s (0.50 MP/s) on cuda"
+    collared = {"device": "cpu", "metrics": {"megapixels": 4.2, "seconds": 2.0, "tiles": 16, "tiles_without_data": 5}}
+    assert run_summary(collared) == "4.2 MP in 2.0 s (2.10 MP/s) on cpu; 5 of 16 tiles had no data"
+    collared["metrics"]["tiles_without_data"] = 0
+    assert run_summary(collared) == "4.2 MP in 2.0 s (2.10 MP/s) on cpu"
     for silent in ({}, {"metrics": {}}, {"metrics": {"megapixels": 3, "seconds": 0}},
                    {"metrics": {"megapixels": "3", "seconds": 1}}):
         assert run_summary(silent) == ""

@@ -240,3 +240,30 @@ def test_several_hr_tiles_make_one_mosaicked_map(data_dir, model_file, tmp_path)
     # inside the AOI (the outer pixel ring has centres outside it) the tile seams leave no gap
     assert (labels[1:-1, 1:-1] != 0).all()
     assert result["metrics"]["valid_pixels"] == (labels != 0).sum()
+
+
+def test_tiles_outside_an_aoi_triangle_are_not_computed_and_the_map_is_unchanged(data_dir, model_file, tmp_path,
+                                                                                 monkeypatch):
+    from backend.inference import engine
+    from backend.io.tiling import plan_tiles
+
+    with rasterio.open(data_dir / PRE) as ds:
+        assert ds.shape == (1024, 1024)
+        (x0, y0), (x1, _), (_, y1) = ds.transform * (0, 0), ds.transform * (1024, 0), ds.transform * (0, 1024)
+        crs = ds.crs.to_string()
+    triangle = {"geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x0, y1], [x0, y0]]]}, "crs": crs}
+    params = dict(aoi=triangle, vectorize=False, tile_size=256)
+    skipping = landcover.run(_params(data_dir, model_file, tmp_path / "skip", **params))
+    monkeypatch.setattr(engine, "_tiles_with_data", lambda valid, spans: list(range(len(spans))))
+    every = landcover.run(_params(data_dir, model_file, tmp_path / "every", **params))
+    with rasterio.open(tmp_path / "skip" / "landcover.tif") as a, \
+            rasterio.open(tmp_path / "every" / "landcover.tif") as b:
+        labels = a.read(1)
+        np.testing.assert_array_equal(labels, b.read(1))
+    assert (labels[:100, :100] != 0).all() and (labels[-100:, -100:] == 0).all()
+    tiles = skipping["metrics"]["tiles"]
+    assert every["metrics"]["tiles_without_data"] == 0 and every["metrics"]["tiles"] == tiles
+    # a tile holds no pixel of the AOI when its top-left pixel's centre is below the diagonal
+    layout = plan_tiles(1024, 1024, 256, 32)
+    below = sum(1 for r in range(layout.rows) for c in range(layout.cols) if (r + c) * layout.stride + 1 > 1024)
+    assert skipping["metrics"]["tiles_without_data"] == below == 10
