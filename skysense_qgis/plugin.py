@@ -61,6 +61,7 @@ class SkySensePlugin:
         if visible:
             self._ensure_dock().show()
             self.dock.raise_()
+            self.dock.panel_opened()
         elif self.dock is not None:
             self.dock.hide()
 

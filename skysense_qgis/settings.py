@@ -40,6 +40,13 @@ class PluginSettings:
     def set_backend_root(self, path: str) -> None:
         self._set("backend/root", path)
 
+    def start_with_panel(self) -> bool:
+        """Whether the backend starts when the SkySense panel is shown (off unless the user ticks it)."""
+        return self._get("backend/start_with_panel", "false").lower() == "true"
+
+    def set_start_with_panel(self, on: bool) -> None:
+        self._set("backend/start_with_panel", "true" if on else "false")
+
     def output_dir(self) -> str:
         return self._get("output_dir") or os.path.join(os.path.expanduser("~"), "skysense_outputs")
 

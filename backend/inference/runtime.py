@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from backend.errors import InputError
+from backend.inference.last_job import read_last_job, record_last_job
 from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_available, save_probability_ir
 from backend.inference.predictors import (OnnxRuntimePredictor, TorchPredictor, cache_root, cpu_has_native_bf16,
                                          resolve_device)
 
 __all__ = ["RUNTIMES", "LazyModel", "model_file_meta", "make_predictor", "openvino_for_big_cpu_job",
-           "openvino_ready", "load_task_predictor", "prepare_openvino_while_idle", "onnx_cache_dir",
-           "openvino_cache_dir", "ONNX_MIN_MEGAPIXELS", "OPENVINO_MIN_MEGAPIXELS"]
+           "openvino_ready", "load_task_predictor", "prepare_openvino_while_idle", "want_last_sessions_job",
+           "onnx_cache_dir", "openvino_cache_dir", "ONNX_MIN_MEGAPIXELS", "OPENVINO_MIN_MEGAPIXELS"]
 
 log = logging.getLogger(__name__)
 # new runtimes go last: the Processing RUNTIME parameter stores the index
@@ -40,11 +41,12 @@ ONNX_MIN_MEGAPIXELS = 40.0  # ~40 s of eager CPU time for the tiny model: a ~10 
 # Work (MP) from which "auto" runs a CPU job with OpenVINO, by what the job finds ready: the compiled model
 # for the job's tile held from an earlier job or prepared while idle (nothing to pay: OpenVINO bf16 was
 # faster than PyTorch bf16 at every size measured, 512²: 0.10 against 0.12 s, 1024²: 0.25 against 0.44 s,
-# 2048²: 1.1 against 2.0 s), the OpenVINO IR cached on disk (_lasting_ir: 0.33 s to read it and load the
-# compiled model from OpenVINO's cache, ~1.2 s when that cache misses; whole jobs in fresh processes, three
-# runs: 1024² (1.2 MP) even, 0.75-0.81 against 0.76-0.81 s; 1536² (3.0 MP) 1.32-1.35 against 1.47-1.54 s;
+# 2048²: 1.1 against 2.0 s), the OpenVINO IR cached on disk (_lasting_ir: 0.2 s to load the compiled model
+# from OpenVINO's cache, keyed by the IR file, without reading the graph; ~1.2 s when that cache misses; the
+# first tile then allocates buffers, ~0.1 s. Whole jobs in fresh processes, three runs: 640² (one tile, 0.4
+# MP) even, 0.45-0.57 against 0.39-0.67 s; 1024² (4 tiles of 544, 1.2 MP) 0.49-0.70 against 0.67-0.86 s;
 # 2048² saved 0.7 s), or nothing (ONNX export and conversion 5-6 s, compile ~1 s).
-OPENVINO_MIN_MEGAPIXELS = {"compiled": 0.0, "exported": 2.0, "nothing": ONNX_MIN_MEGAPIXELS}
+OPENVINO_MIN_MEGAPIXELS = {"compiled": 0.0, "exported": 1.0, "nothing": ONNX_MIN_MEGAPIXELS}
 
 
 class LazyModel:
@@ -233,7 +235,7 @@ def _held_openvino_predictor(ir_path: Path, precision: str) -> OpenVinoPredictor
 # What the last CPU job would have run with OpenVINO had it been ready: (model, model file, tile size, amp,
 # whether the job before it had the same model file, tile and amp, the job's work in MP).
 # prepare_openvino_while_idle then readies it for the next job, by what it costs: a cached IR is compiled and
-# held at once (0.3 s); a missing IR is made in the background for a job big enough to use it (2+ MP), or
+# held at once (0.3 s); a missing IR is made in the background for a job big enough to use it (1+ MP), or
 # made here, the next job waiting, for a repeated job (a batch run, e.g. Processing's over same-sized
 # rasters: the background process, at the lowest priority, would get no CPU between its jobs). A single
 # small job is not evidence enough for that wait: jobs of other sizes (other fitted tiles) would each wait
@@ -270,6 +272,27 @@ def prepare_openvino_while_idle() -> Optional[str]:
     return f"{model_path.name}, tile {tile_size}, {predictor.precision}"
 
 
+def want_last_sessions_job() -> Optional[str]:
+    """On the server's start, before any job: want OpenVINO compiled (by prepare_openvino_while_idle, which
+    the caller has the idle job worker run) for the model file and tile of the last CPU job that any earlier
+    backend ran, where its IR is still cached, jobs run on the CPU and openvino is installed: the first job
+    at that tile then starts at once (2048²: 0.2 s of compile and 0.1 s of first inference). Returns what
+    is wanted, or None."""
+    if _PREVIOUS_CPU_JOB or resolve_device("auto") != "cpu" or not openvino_available():
+        return None  # a job came first (it states its own wish), or jobs would not run OpenVINO
+    last = read_last_job(Path(cache_root()))
+    if last is None or openvino_ready(*last) != "exported":
+        return None
+    model_path, tile_size, amp = last
+
+    def module():  # only should the cached IR prove unreadable and need making again
+        from models.checkpoint import load_model_file
+        return load_model_file(model_path)[0]
+
+    _WANTED["last job"] = (LazyModel(module), model_path, tile_size, amp, False, 0.0)
+    return f"{model_path.name}, tile {tile_size}"
+
+
 def openvino_for_big_cpu_job(model, *, device: str, model_path=None, tile_size: int, expected_tiles: int,
                              amp: bool = True) -> Optional[OpenVinoPredictor]:
     """The OpenVINO predictor runtime "auto" uses for a CPU job big enough to repay OpenVINO's start-up
@@ -286,6 +309,8 @@ def openvino_for_big_cpu_job(model, *, device: str, model_path=None, tile_size: 
     _PREVIOUS_CPU_JOB["key"] = key
     if not openvino_available():
         return None
+    if lasting:
+        record_last_job(Path(cache_root()), Path(model_path), tile_size, amp)
     if work < OPENVINO_MIN_MEGAPIXELS[openvino_ready(model_path, tile_size, amp)]:
         if lasting:
             _WANTED["last job"] = (model, Path(model_path), int(tile_size), amp, repeated, work)
@@ -309,7 +334,7 @@ def make_predictor(model, *, device: str = "auto", runtime: str = "auto", model_
     native bf16 and `amp`, else fp32; error if openvino is missing or the export fails), "compile"
     (PyTorch through torch.compile, with auto's precision: fp16 on CUDA, bf16 on CPUs with native bf16,
     else fp32; uncompiled where compiling fails), or "auto": PyTorch on CUDA; on CPU, OpenVINO for jobs
-    computing at least OPENVINO_MIN_MEGAPIXELS (expected_tiles x tile_size²; 40 or 2 MP by what is
+    computing at least OPENVINO_MIN_MEGAPIXELS (expected_tiles x tile_size²; 40 or 1 MP by what is
     ready, any size once compiled, see openvino_ready) where installed, else ONNX Runtime for jobs of
     ONNX_MIN_MEGAPIXELS on CPUs without native bf16; otherwise (or where those fail) PyTorch, with bf16 autocast where
     the CPU has native bf16 (and `amp`), else fp32.

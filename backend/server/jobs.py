@@ -22,6 +22,9 @@ log = logging.getLogger("skysense.jobs")
 FINISHED = ("done", "failed", "cancelled")
 
 
+_IDLE_WORK = object()  # what _next hands the worker when it is asked to do its idle work
+
+
 class UnknownJob(KeyError):
     """No job with this id."""
 
@@ -57,6 +60,7 @@ class JobManager:
             from backend.inference.runtime import prepare_openvino_while_idle as idle_work
         self._idle_work = idle_work
         self._idle_since: Optional[float] = None  # when the idle work began, while it runs
+        self._idle_requested = False  # prepare_while_idle: idle work wanted before any job ends
         self._jobs: Dict[str, Job] = {}
         self._queue: Deque[str] = collections.deque()
         self._cond = threading.Condition()
@@ -112,6 +116,18 @@ class JobManager:
             if job.state not in FINISHED:
                 raise JobStillActive(job_id)
             del self._jobs[job_id]
+
+    def prepare_while_idle(self) -> None:
+        """Have the worker do its idle work now if no job is queued (else after the queued jobs): what the
+        server's start asks once it knows what to prepare (runtime.want_last_sessions_job)."""
+        with self._cond:
+            self._idle_requested = True
+            self._cond.notify_all()
+
+    def preparing(self) -> bool:
+        """True while idle work is asked for or running (a job submitted now waits for it)."""
+        with self._cond:
+            return self._idle_requested or self._idle_since is not None
 
     def counts(self) -> Dict[str, int]:
         with self._cond:
@@ -172,12 +188,16 @@ class JobManager:
         for job in finished[: max(0, len(finished) - self._max_finished)]:
             del self._jobs[job.id]
 
-    def _next(self) -> Optional[Job]:
+    def _next(self) -> object:
+        """The next job, None when closing, or _IDLE_WORK when idle work was asked for and none is queued."""
         with self._cond:
-            while not self._queue and not self._closing:
+            while not self._queue and not self._closing and not self._idle_requested:
                 self._cond.wait()
             if self._closing:
                 return None
+            if not self._queue:
+                self._idle_since = time.time()
+                return _IDLE_WORK
             job = self._jobs[self._queue.popleft()]
             job.state, job.started, job.message = "running", time.time(), "starting"
             self._running = job.id
@@ -197,6 +217,9 @@ class JobManager:
             job = self._next()
             if job is None:
                 return
+            if job is _IDLE_WORK:
+                self._do_idle_work()
+                continue
             progress = Progress(lambda f, m, job=job: self._report(job, f, m), job.cancel_event)
             log.info("job %s (%s) started", job.id, job.kind)
             try:
@@ -224,6 +247,8 @@ class JobManager:
                 self._do_idle_work()
 
     def _do_idle_work(self) -> None:
+        with self._cond:
+            self._idle_requested = False  # done now, whoever asked
         try:
             done = self._idle_work()
         except BaseException:  # never let the worker die

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qgis.PyQt.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from .widgets import folder_widget, form, hint
 
@@ -21,6 +21,10 @@ class BackendPage(QWidget):
         self.start_button = QPushButton("Start backend")
         self.stop_button = QPushButton("Stop")
         self.refresh_button = QPushButton("Check")
+        self.start_with_panel = QCheckBox("Start the backend when this panel opens")
+        self.start_with_panel.setToolTip(
+            "The first job then need not wait for the backend to start, and the backend has OpenVINO ready "
+            "for the model and tile size of the last CPU job (the backend uses memory while it runs)")
         self.status = QLabel("Backend not running.")
         self.status.setWordWrap(True)
         self.status.setObjectName("backendStatus")
@@ -35,6 +39,7 @@ class BackendPage(QWidget):
         f.addRow("Backend folder", self.backend_root)
         layout.addWidget(box)
         layout.addLayout(buttons)
+        layout.addWidget(self.start_with_panel)
         layout.addWidget(self.status)
         layout.addWidget(hint("The backend runs on this computer only (127.0.0.1) and every request "
                               "carries a secret token; it starts on its own when a job is run."))

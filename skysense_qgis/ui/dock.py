@@ -93,6 +93,9 @@ class SkySenseDock(QDockWidget):
         self.backend.stop_button.clicked.connect(self.stop_backend)
         self.backend.refresh_button.clicked.connect(self.refresh_backend)
         self.job_panel.cancelRequested.connect(self.cancel_job)
+        self.backend.start_with_panel.setChecked(self.settings.start_with_panel())
+        self.backend.start_with_panel.toggled.connect(self.settings.set_start_with_panel)
+        self._started_with_panel = False
         if self.manager.is_running():
             self.refresh_backend()
 
@@ -125,6 +128,15 @@ class SkySenseDock(QDockWidget):
             from pathlib import Path
             self.manager.backend_root = Path(root)
             self.settings.set_backend_root(root)
+
+    def panel_opened(self) -> None:
+        """The user opened the panel: start the backend if they asked for that (once per QGIS session, so a
+        backend that failed to start or was stopped by hand is not started again behind their back)."""
+        if self._started_with_panel or not self.backend.start_with_panel.isChecked():
+            return
+        self._started_with_panel = True
+        if not self.manager.is_running():
+            self.start_backend()
 
     def start_backend(self, then: Optional[Callable[[], None]] = None) -> None:
         """Spawns the backend and polls for readiness without blocking QGIS."""

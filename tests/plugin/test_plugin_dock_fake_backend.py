@@ -411,3 +411,41 @@ def test_processing_landcover_runtime_is_an_advanced_choice_sent_to_the_backend(
     sent = [(body["params"]["runtime"], body["params"]["tta"], body["params"]["tile_size"])
             for path, body in fake_backend.requests if path == "/jobs" and body["kind"] == "landcover"]
     assert sent == [("compile", False, 256), ("openvino", True, 256), ("auto", False, 256), ("auto", False, None)]
+
+
+def test_the_backend_starts_with_the_panel_only_when_asked_and_once_per_session(qgis_iface, qgis_new_project,
+                                                                                tmp_path, monkeypatch):
+    from skysense_qgis.settings import PluginSettings
+
+    settings = PluginSettings()
+    starts = []
+    manager = BackendManager(interpreter="/nonexistent/python", state_dir=str(tmp_path / "state"))
+    monkeypatch.setattr(manager, "start", lambda: starts.append("start"))
+    monkeypatch.setattr(manager, "is_running", lambda: False)
+    set_shared_manager(manager)
+    try:
+        for asked in (False, True):
+            settings.set_start_with_panel(asked)
+            plugin = skysense_qgis.classFactory(qgis_iface)
+            plugin.initGui()
+            try:
+                plugin.show_section(0)  # the panel opens
+                dock = plugin.dock
+                assert dock.backend.start_with_panel.isChecked() == asked
+                assert starts == (["start"] if asked else [])
+                plugin.set_dock_visible(False)
+                plugin.set_dock_visible(True)  # opened again (e.g. after a stop by hand): not started again
+                assert starts == (["start"] if asked else [])
+            finally:
+                plugin.unload()
+        plugin = skysense_qgis.classFactory(qgis_iface)
+        plugin.initGui()
+        try:
+            plugin.show_section(5)
+            plugin.dock.backend.start_with_panel.setChecked(False)  # kept for the next QGIS session
+            assert not PluginSettings().start_with_panel()
+        finally:
+            plugin.unload()
+    finally:
+        settings.set_start_with_panel(False)
+        set_shared_manager(None)

@@ -9,7 +9,7 @@ from benchmarks.collar_job import bench_collar_job
 def test_collar_section_computes_fewer_tiles_than_the_loop_with_identical_labels(tmp_path, monkeypatch):
     monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "mine"))
     prepared = []
-    # the section prepares OpenVINO as the server's start would; a 1024² job runs PyTorch anyway (under 2 MP)
+    # the section prepares OpenVINO as the server's start would (not here: the IR is not made), so PyTorch
     monkeypatch.setattr(openvino_warmup, "prepare_tiles", lambda path, tiles, **kw: prepared.append(list(tiles)))
     results = {}
     text = bench_collar_job(tmp_path, 1024, results, repeat=1, degrees=45, tile=256)

@@ -9,7 +9,7 @@ from benchmarks.job_batch import bench_job_batch
 
 
 @pytest.mark.skipif(not openvino_available(), reason="openvino is in requirements/backend.txt")
-def test_batch_section_shows_openvino_taking_over_after_two_same_sized_jobs_or_one_with_its_ir_cached(
+def test_batch_section_shows_openvino_taking_over_after_two_same_sized_jobs_and_from_a_restarts_first_job(
         tmp_path, monkeypatch):
     monkeypatch.setenv("SKYSENSE_CACHE", str(tmp_path / "mine"))
     monkeypatch.setattr(runtime, "_LAST_OPENVINO", {})
@@ -21,8 +21,11 @@ def test_batch_section_shows_openvino_taking_over_after_two_same_sized_jobs_or_o
     # two jobs make a batch: the idle worker exports, converts and compiles, and the third waits for it
     assert ["OpenVINO" in job["runtime"] for job in new] == [False, False, True, True], new
     assert new[2]["waited"] > 0 and new[3]["waited"] < new[2]["waited"]
-    # with the IR cached, one job is enough: the worker compiles it while idle
-    assert ["OpenVINO" in job["runtime"] for job in restarted] == [False, True, True, True], restarted
+    # restarted, with the IR cached: the start has the idle worker compile what the last job ran, so the
+    # first job runs OpenVINO too
+    assert ["OpenVINO" in job["runtime"] for job in restarted] == [True, True, True, True], restarted
+    assert results["job_batch_384"]["compiled_at_start_s"] > 0
+    assert "(the restarted backend's start compiled OpenVINO for the last job's model and tile in" in text
     assert all(job["wall"] >= job["engine"] > 0 for job in new + restarted)
     assert results["job_batch_384"]["background_s"] is None  # the tests turn the background preparation off
     assert "(no background preparation: SKYSENSE_OPENVINO_WARMUP=0" in text

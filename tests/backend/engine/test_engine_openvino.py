@@ -416,7 +416,8 @@ def test_a_restarted_backend_compiles_the_cached_ir_straight_from_its_file(monke
                                    expected_tiles=int(runtime.OPENVINO_MIN_MEGAPIXELS["exported"] * 1e6 / 64 ** 2) + 1)
     assert isinstance(again, OpenVinoPredictor) and again is not first
     np.testing.assert_allclose(again([tiles[:2]]), expected, atol=1e-6)
-    assert reads == [".xml"]  # the ONNX graph is neither read nor converted again
+    # neither the ONNX graph nor the IR's is read: the compiled model loads from the file and OpenVINO's cache
+    assert reads == []
     assert len(compiled_from) == 1 and compiled_from[0].endswith(".xml")  # compiled from the file (and the cache)
     again([tiles[2:]])  # a one-tile batch: the same compiled model
     assert len(compiled_from) == 1
@@ -438,3 +439,59 @@ def test_a_damaged_cached_ir_is_made_again_and_the_job_runs_openvino(model, tile
     assert isinstance(again, OpenVinoPredictor)
     np.testing.assert_allclose(again([tiles[:1]]), expected, atol=1e-6)
     assert "<net" in xml.read_text() and xml.read_text() != "<net name='truncated'"
+
+
+def test_a_new_backend_compiles_ahead_the_model_and_tile_of_the_last_cpu_job_before_it(
+        monkeypatch, tmp_path, model, tiles, caplog, stand_in_model_file):
+    import openvino
+
+    from backend.inference import last_job
+
+    for name in ("_WANTED", "_PREVIOUS_CPU_JOB", "_LAST_OPENVINO"):
+        monkeypatch.setattr(runtime, name, {})
+    monkeypatch.setattr(last_job, "_WRITTEN", {})
+    note = tmp_path / "cache" / last_job.FILE_NAME
+    small = int(runtime.OPENVINO_MIN_MEGAPIXELS["exported"] * 0.5e6 / 64 ** 2)  # a job too small for an export
+
+    def restart():
+        for name in ("_WANTED", "_PREVIOUS_CPU_JOB", "_LAST_OPENVINO"):
+            getattr(runtime, name).clear()
+
+    assert runtime.want_last_sessions_job() is None  # no job ever ran
+    job = runtime.make_predictor(model, device="cpu", tile_size=64, model_path=stand_in_model_file,
+                                 expected_tiles=small)
+    assert isinstance(job, TorchPredictor) and note.is_file()  # noted, whatever it ran with
+    restart()
+    assert runtime.want_last_sessions_job() is None  # its IR was never made: nothing to compile at the start
+    runtime.make_predictor(model, device="cpu", runtime="openvino", tile_size=64, model_path=stand_in_model_file)
+    restart()
+    assert runtime.want_last_sessions_job() == "weights.bin, tile 64"
+    assert runtime.openvino_ready(stand_in_model_file, 64) == "exported"
+    assert runtime.prepare_openvino_while_idle() == "weights.bin, tile 64, fp32, OpenVINO"  # the idle worker
+    assert runtime.openvino_ready(stand_in_model_file, 64) == "compiled"
+    (held,) = runtime._LAST_OPENVINO.values()
+    for request in held._requests[((1, 3, 64, 64),)]:  # every stream has run a tile (its buffers allocated)
+        np.testing.assert_allclose(request.get_output_tensor(0).data.sum(axis=1), 1.0, atol=1e-4)
+
+    compiles = []
+    real_compile = openvino.Core.compile_model
+    monkeypatch.setattr(openvino.Core, "compile_model",
+                        lambda self, *a, **k: compiles.append(a) or real_compile(self, *a, **k))
+    first = runtime.make_predictor(model, device="cpu", tile_size=64, model_path=stand_in_model_file,
+                                   expected_tiles=small)
+    assert isinstance(first, OpenVinoPredictor)  # the new backend's first job, small as it is, runs OpenVINO...
+    out = first([tiles[:2]])
+    assert compiles == []  # ...compiled before it came
+    np.testing.assert_allclose(out, np.asarray(TorchPredictor(model, device="cpu")([tiles[:2]])), atol=1e-4)
+    assert runtime.want_last_sessions_job() is None  # once a job has run, it says what it wants itself
+
+    restart()
+    monkeypatch.setattr(runtime, "resolve_device", lambda device="auto": "cuda")
+    assert runtime.want_last_sessions_job() is None  # jobs would run on the GPU
+    monkeypatch.setattr(runtime, "resolve_device", lambda device="auto": "cpu")
+    note.write_text(note.read_text().replace('"tile_size": 64', '"tile_size": 96'))
+    assert runtime.want_last_sessions_job() is None  # a tile whose IR is not cached: left to its job
+    note.write_text("{half a no")
+    with caplog.at_level(logging.WARNING):
+        assert runtime.want_last_sessions_job() is None
+    assert "ignoring the last job's note" in caplog.text and not runtime._WANTED

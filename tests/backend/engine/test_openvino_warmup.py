@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.inference import openvino_warmup, runtime
+from backend.inference import engine_warmup, openvino_warmup, runtime
 from backend.inference.openvino_predictor import OpenVinoPredictor, openvino_available
 from backend.inference.predictors import TorchPredictor
 from backend.io.tiling import fitted_tile_sizes, plan_tiles
@@ -170,6 +170,7 @@ def test_closing_the_warmer_ends_its_running_child_and_drops_the_queue(warm_cach
 
 def test_the_server_start_prepares_the_bundled_models_at_their_commonest_tiles(warm_cache, monkeypatch):
     import backend.inference.predictors
+    import backend.pipelines
     from backend.pipelines.change import DEFAULT_CHANGE_MODEL
     from backend.pipelines.landcover import DEFAULT_MODEL
     from backend.server import __main__ as server_main
@@ -191,10 +192,42 @@ def test_the_server_start_prepares_the_bundled_models_at_their_commonest_tiles(w
     monkeypatch.setenv(openvino_warmup.SWITCH, "0")
     assert openvino_warmup.warm_bundled_models(warmer) == [] and len(warmer.requests) == 2
 
-    called = threading.Event()
+    called, loaded = threading.Event(), []
+
+    def load(kind):  # then the main pipelines' modules are loaded, a failure left to that kind's jobs
+        loaded.append(kind)
+        if kind == "landcover":
+            raise RuntimeError("a broken module")
+
     monkeypatch.setattr(openvino_warmup, "warm_bundled_models", lambda: called.set())
+    monkeypatch.setattr(backend.pipelines, "get_runner", load)
+    engine_runs = []
+    monkeypatch.setattr(engine_warmup, "warm_up_engine", lambda: engine_runs.append(1) or 0.01)
     server_main._warm_up_in_background()  # what the server's main() calls once listening
     assert called.wait(10)
+    deadline = time.monotonic() + 10
+    while loaded != ["landcover", "change"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert loaded == ["landcover", "change"]
+    while not engine_runs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine_runs == [1]  # and the engine runs once on a tiny raster
+
+    class Jobs:  # the server's JobManager: its idle worker compiles what an earlier backend's last job ran
+        def __init__(self):
+            self.asked = threading.Event()
+
+        def prepare_while_idle(self):
+            self.asked.set()
+
+    for wanted in (None, "lc.pth, tile 576"):
+        monkeypatch.setattr(runtime, "want_last_sessions_job", lambda: wanted)
+        jobs, loaded[:] = Jobs(), []
+        server_main._warm_up_in_background(jobs)
+        deadline = time.monotonic() + 10
+        while len(loaded) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert jobs.asked.wait(0.5 if wanted is None else 10) == (wanted is not None)
 
 
 def test_the_child_command_line_fails_clearly_on_bad_tiles(warm_cache, stand_in_model_file):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -182,6 +183,41 @@ def test_idle_work_runs_once_the_queue_is_empty_and_jobs_queued_meanwhile_wait_s
         assert manager.wait(c.id, 30)["state"] == "done"
         assert manager.get(c.id)["message"] == "done"
         assert helpers.wait_for(lambda: len(calls) == 2)  # after c, idle again
+    finally:
+        release.set()
+        manager.close(timeout=30)
+
+
+def test_idle_work_asked_for_before_any_job_runs_at_once_and_a_job_submitted_meanwhile_waits(test_kinds, helpers,
+                                                                                              out_root):
+    import threading
+
+    from backend.server.jobs import JobManager
+    from backend.server.paths import validate_job_paths
+
+    calls, release = [], threading.Event()
+
+    def idle_work():
+        calls.append(list(helpers.run_log))
+        assert release.wait(30)
+        return "a stand-in for OpenVINO"
+
+    manager = JobManager(idle_work=idle_work)
+    try:
+        assert not manager.preparing() and not calls  # nothing asked, no job: the worker waits
+        manager.prepare_while_idle()  # what the server's start asks when an earlier backend ran a CPU job
+        assert helpers.wait_for(lambda: len(calls) == 1) and calls[0] == [] and manager.preparing()
+        helpers.gate("a").set()
+        params = {"output_dir": str(out_root / "a"), "gate": "a", "name": "gated", "source": None}
+        job = manager.submit("gated", params, validate_job_paths(params))
+        assert not helpers.started["a"].wait(0.3)
+        assert "preparing OpenVINO" in manager.get(job.id)["message"]
+        release.set()
+        assert manager.wait(job.id, 30)["state"] == "done"
+        assert helpers.wait_for(lambda: len(calls) == 2)  # after the job, idle work as always
+        assert helpers.wait_for(lambda: not manager.preparing())
+        time.sleep(0.2)
+        assert len(calls) == 2  # asked once: done once, not again and again
     finally:
         release.set()
         manager.close(timeout=30)
