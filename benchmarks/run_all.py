@@ -13,6 +13,8 @@ Sections (all on synthetic rasters generated into a temporary folder):
       prepared OpenVINO for the bundled change model (benchmarks.change_job).
   1g. A 4096² raster with no data around a turned footprint, as a default CPU land-cover job: the engine
       computes only the tiles with data, the plain loop every tile (benchmarks.collar_job).
+  1h. A single default land-cover job (2048²) on a freshly started backend process, with and without the
+      last job noted, so compiled at the start (benchmarks.first_job).
   2. PyTorch eager vs ONNX Runtime vs OpenVINO inside the engine (when models.onnx_export can export).
   3. Peak memory (VmHWM of a fresh process) from 2048² to 20k², tall and wide rasters.
   4. On a CUDA GPU: a plain batch-of-one loop vs the engine in fp32, fp16 and bf16 autocast, for the tiny
@@ -642,6 +644,11 @@ def _bench_collar(tmp: Path, size: int, results: dict) -> str:
     return bench_collar_job(tmp, size, results, max(1, REPEAT - 1))
 
 
+def _bench_first_job(tmp: Path, size: int, results: dict) -> str:
+    from benchmarks.first_job import bench_first_job  # imports this module: import late
+    return bench_first_job(tmp, size, results, repeat=max(1, REPEAT - 1))
+
+
 def _bench_reliability(tmp: Path, size: int, results: dict) -> str:
     from benchmarks.reliability import bench_reliability
     return bench_reliability(tmp, size, results, table)
@@ -662,6 +669,8 @@ def main(argv=None) -> int:
     ap.add_argument("--change-size", type=int, default=2048, help="raster side of section 1f's pair")
     ap.add_argument("--collar-size", type=int, default=4096,
                     help="raster side of section 1g, a raster with no data around its footprint")
+    ap.add_argument("--first-size", type=int, default=2048,
+                    help="raster side of section 1h, a single job on a freshly started backend")
     ap.add_argument("--gpu-size", type=int, default=4096)
     ap.add_argument("--gpu-huge-size", type=int, default=2048,
                     help="raster side for the full-size model on the GPU (0: skip that model)")
@@ -671,7 +680,7 @@ def main(argv=None) -> int:
                     help="raster side for the reliability section (cancel, kill, restart, queue: ~1 min at 2048)")
     ap.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes)")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: speed,big,batch,change,collar,"
-                                               "precision,onnx,memory,gpu,int8,reliability")
+                                               "first,compile,precision,onnx,memory,gpu,int8,reliability")
     ap.add_argument("--repeat", type=int, default=3, help="speed runs: best of this many (default 3)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
@@ -697,6 +706,7 @@ def main(argv=None) -> int:
                           ("batch", lambda: _bench_job_batch(tmp, args.batch_sizes, results)),
                           ("change", lambda: _bench_change(tmp, args.change_size, results)),
                           ("collar", lambda: _bench_collar(tmp, args.collar_size, results)),
+                          ("first", lambda: _bench_first_job(tmp, args.first_size, results)),
                           ("compile", lambda: bench_compile(tmp, args.speed_size, results)),
                           ("precision", lambda: bench_precision_real(tmp, results)),
                           ("onnx", lambda: bench_onnx(tmp, args.speed_size, results)),
