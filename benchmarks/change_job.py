@@ -10,10 +10,10 @@ runtime, and its speed against the best PyTorch job.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
+from benchmarks.environment import environment
 from benchmarks.synthetic import make_test_raster
 
 
@@ -36,10 +36,9 @@ def bench_change_job(tmp: Path, size: int, results: dict, jobs: int = 2, sizes_a
     if not pre.exists():
         make_test_raster(pre, size, seed=0)
         make_test_raster(post, size, seed=1)
-    saved = os.environ.get("SKYSENSE_CACHE")
-    os.environ["SKYSENSE_CACHE"] = str(tmp / f"change_cache_{size}")  # a new install's, not the user's
     runs, out = [], tmp / "change_out"
-    try:
+    # a new install's cache, not the user's
+    with environment(SKYSENSE_CACHE=str(tmp / f"change_cache_{size}")):
         runtime._LAST_OPENVINO.clear()
         runtime._PREVIOUS_CPU_JOB.clear()
         for k in range(jobs):
@@ -53,11 +52,6 @@ def bench_change_job(tmp: Path, size: int, results: dict, jobs: int = 2, sizes_a
         runtime._PREVIOUS_CPU_JOB.clear()
         for k in range(jobs):
             runs.append(("after the start's background preparation", k + 1, _change_job(pre, post, out, f"ready{k}")))
-    finally:
-        if saved is None:
-            os.environ.pop("SKYSENSE_CACHE", None)
-        else:
-            os.environ["SKYSENSE_CACHE"] = saved
     pytorch = min((job["wall"] for what, _, job in runs if "OpenVINO" not in job["runtime"]), default=None)
     mp = size * size / 1e6
     rows = []

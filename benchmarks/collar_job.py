@@ -9,13 +9,13 @@ the empty tiles adds shows apart from the rest (its labels are compared, and mus
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import rasterio
 
+from benchmarks.environment import environment
 from benchmarks.synthetic import make_test_raster, rotated_square
 
 
@@ -36,20 +36,13 @@ def bench_collar_job(tmp: Path, size: int, results: dict, repeat: int = 2, degre
         make_test_raster(raster, size, footprint=rotated_square(size, degrees))
     tile = tile or _default_tile()
     layout = plan_tiles(size, size, tile, 64)
-    saved = os.environ.get("SKYSENSE_CACHE")
-    os.environ["SKYSENSE_CACHE"] = str(tmp / "collar_cache")  # the bench leaves no export in the user's cache
-    try:
+    with environment(SKYSENSE_CACHE=str(tmp / "collar_cache")):  # the bench leaves no export in the user's cache
         # what the server's start prepares in the background for the bundled model (640 is among its tiles)
         if openvino_available() and DEFAULT_MODEL.exists():
             openvino_warmup.prepare_tiles(DEFAULT_MODEL, [layout.tile], report=lambda line: None)
         predictor = make_predictor(build_model("tiny"), device="cpu", runtime="auto", model_path=DEFAULT_MODEL,
                                    tile_size=layout.tile, expected_tiles=layout.n_tiles)
         predictor([np.zeros((1, 3, layout.tile, layout.tile), np.float32)])  # export/compile: once per job, not timed
-    finally:
-        if saved is None:
-            os.environ.pop("SKYSENSE_CACHE", None)
-        else:
-            os.environ["SKYSENSE_CACHE"] = saved
     every_tile = engine._tiles_with_data
 
     def engine_run(out: Path, skip: bool):

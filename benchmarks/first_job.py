@@ -12,15 +12,13 @@ before and after).
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.baseline_loop import plain_tile_loop
-from benchmarks.job_batch import CLASSES, NORM, _job_params
-from benchmarks.models import DEFAULT_MODEL, build_model
-from benchmarks.synthetic import make_test_raster
+from benchmarks.environment import environment
+from benchmarks.job_batch import _job_params, raster_and_loop
+from benchmarks.models import DEFAULT_MODEL
 from benchmarks.timing import best_of_each
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,29 +56,16 @@ def bench_first_job(tmp: Path, size: int, results: dict, jobs: int = 2, repeat: 
     from backend.io.tiling import plan_tiles
     from benchmarks.run_all import table
 
-    raster = tmp / f"first_{size}.tif"
-    if not raster.exists():
-        make_test_raster(raster, size)
-    loop_model = build_model("tiny")
-    loop_runs = {"loop": lambda: plain_tile_loop(raster, tmp / "first_loop.tif", loop_model, CLASSES, tile=256,
-                                                 overlap=32, **NORM)}
+    raster, loop_runs = raster_and_loop(tmp, "first", size)
     loop = best_of_each(loop_runs, repeat)["loop"]
     tile = plan_tiles(size, size, 640, 64).tile  # the bundled model's tile (640/64), fitted to the raster
-    saved = {key: os.environ.get(key) for key in ("SKYSENSE_CACHE", openvino_warmup.SWITCH)}
-    os.environ["SKYSENSE_CACHE"] = str(tmp / f"first_cache_{size}")
-    os.environ[openvino_warmup.SWITCH] = "0"  # the IR is made here; no background process beside the jobs
     starts = {}
-    try:
+    # the IR is made here, in a cache of the section's own; no background process beside the jobs
+    with environment(SKYSENSE_CACHE=str(tmp / f"first_cache_{size}"), **{openvino_warmup.SWITCH: "0"}):
         openvino_warmup.prepare_tiles(DEFAULT_MODEL, [tile], report=lambda line: None)
         for what, label in STARTS:
             starts[what] = _jobs_on_a_new_backend(tmp / f"first_state_{size}", raster, tmp / f"first_{label}",
                                                   jobs, wait)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     loop = min(loop, best_of_each(loop_runs, repeat)["loop"])
     mp = size * size / 1e6
     rows = [["plain loop, PyTorch fp32, tile 256/32", "", f"{loop:.2f}", f"{mp / loop:.3f}", "1.00x"]]

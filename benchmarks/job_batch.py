@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.baseline_loop import plain_tile_loop
+from benchmarks.environment import environment
 from benchmarks.models import DEFAULT_MODEL, build_model
 from benchmarks.synthetic import make_test_raster
 from benchmarks.timing import best_of_each
@@ -34,6 +35,17 @@ def _job_params(raster: Path, out: Path, name: str) -> dict:
     """What the dock sends for a land-cover run with everything left at its default (CPU, no polygons)."""
     return {"hr": [{"path": str(raster)}], "model": str(DEFAULT_MODEL), "output_dir": str(out), "name": name,
             "device": "cpu", "vectorize": False}
+
+
+def raster_and_loop(tmp: Path, name: str, size: int) -> tuple:
+    """(synthetic size² raster tmp/<name>_<size>.tif, made if missing; {"loop": the plain tile loop on it} for
+    best_of_each): what sections 1e and 1h compare jobs with."""
+    raster = tmp / f"{name}_{size}.tif"
+    if not raster.exists():
+        make_test_raster(raster, size)
+    loop_model = build_model("tiny")
+    return raster, {"loop": lambda: plain_tile_loop(raster, tmp / f"{name}_loop.tif", loop_model, CLASSES, tile=256,
+                                                    overlap=32, **NORM)}
 
 
 def _run_batch(manager, raster: Path, out: Path, jobs: int, label: str) -> list:
@@ -56,19 +68,12 @@ def bench_job_batch(tmp: Path, size: int, results: dict, jobs: int = 5, repeat: 
     from backend.server.jobs import JobManager
     from benchmarks.run_all import table
 
-    raster = tmp / f"batch_{size}.tif"
-    if not raster.exists():
-        make_test_raster(raster, size)
-    loop_model = build_model("tiny")
-    loop_runs = {"loop": lambda: plain_tile_loop(raster, tmp / "batch_loop.tif", loop_model, CLASSES, tile=256,
-                                                 overlap=32, **NORM)}
+    raster, loop_runs = raster_and_loop(tmp, "batch", size)
     # the machine's speed drifts over a minute: the loop's best before and after the batches counts
     loop = best_of_each(loop_runs, repeat)["loop"]
-    saved = os.environ.get("SKYSENSE_CACHE")
-    # a new install's empty cache, not the user's, nor the one the other size's rounds filled
-    os.environ["SKYSENSE_CACHE"] = str(tmp / f"batch_cache_{size}")
     rounds, background, queued, ahead = {}, None, False, None
-    try:
+    # a new install's empty cache, not the user's, nor the one the other size's rounds filled
+    with environment(SKYSENSE_CACHE=str(tmp / f"batch_cache_{size}")):
         for label, what in (("new", "new install (nothing cached)"),
                             ("restarted", "restarted backend (IR cached)")):
             runtime._LAST_OPENVINO.clear()  # a new backend process holds no compiled model...
@@ -94,11 +99,6 @@ def bench_job_batch(tmp: Path, size: int, results: dict, jobs: int = 5, repeat: 
                 warmer.close()
                 openvino_warmup._WARMER[:] = held_warmers
                 manager.close(timeout=120)
-    finally:
-        if saved is None:
-            os.environ.pop("SKYSENSE_CACHE", None)
-        else:
-            os.environ["SKYSENSE_CACHE"] = saved
     loop = min(loop, best_of_each(loop_runs, repeat)["loop"])
     mp = size * size / 1e6
     rows = [["plain loop, PyTorch fp32, tile 256/32", "", "", f"{loop:.2f}", "", f"{mp / loop:.3f}", "1.00x"]]

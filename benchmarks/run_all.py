@@ -47,6 +47,7 @@ from backend.inference.predictors import (OnnxRuntimePredictor, TorchPredictor, 
                                          inductor_cache_dir)
 from backend.io.tiling import plan_tiles
 from benchmarks.baseline_loop import _starts, plain_tile_loop
+from benchmarks.environment import environment
 from benchmarks.models import DEFAULT_MODEL, build_model
 from benchmarks.synthetic import make_test_raster
 from benchmarks.timing import best_of_each
@@ -243,18 +244,11 @@ def bench_big_default(tmp: Path, size: int, results: dict, repeat: int = 2) -> s
         make_test_raster(raster, size)
     tile = _default_tile()
     layout = plan_tiles(size, size, tile, 64)
-    saved = os.environ.get("SKYSENSE_CACHE")
-    os.environ["SKYSENSE_CACHE"] = str(tmp / "big_cache")  # the bench leaves no export in the user's cache
-    try:
+    with environment(SKYSENSE_CACHE=str(tmp / "big_cache")):  # the bench leaves no export in the user's cache
         predictor = make_predictor(build_model("tiny"), device="cpu", runtime="auto", model_path=DEFAULT_MODEL,
                                    tile_size=layout.tile, expected_tiles=layout.n_tiles)
         first = np.zeros((1, 3, layout.tile, layout.tile), np.float32)
         predictor([first])  # a job pays export/compile once; the timed rounds do not
-    finally:
-        if saved is None:
-            os.environ.pop("SKYSENSE_CACHE", None)
-        else:
-            os.environ["SKYSENSE_CACHE"] = saved
     loop_model = build_model("tiny")
     batch = getattr(predictor, "preferred_batch_size", None) or auto_batch_size("cpu")
     sizes = [len(part) for _ in range(layout.rows) for part in column_batches(layout.cols, batch)]  # the engine's batches
@@ -293,12 +287,10 @@ def bench_compile(tmp: Path, size: int, results: dict) -> str:
         make_test_raster(raster, size)
     model, loop_model = build_model("tiny"), build_model("tiny")  # loop: weights as loaded (see bench_speed)
     mp = size * size / 1e6
-    saved = {k: os.environ.get(k) for k in ("SKYSENSE_CACHE", "TORCHINDUCTOR_CACHE_DIR")}
-    os.environ["SKYSENSE_CACHE"] = str(tmp / "compile_cache")  # empty: the first job's cost, honestly
-    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
     kinds = [("fp32", False)] + ([("bf16", True)] if cpu_has_native_bf16() else [])
     rows, figures = [], {}
-    try:
+    # an empty cache of the section's own: the first job's cost, honestly
+    with environment(SKYSENSE_CACHE=str(tmp / "compile_cache"), TORCHINDUCTOR_CACHE_DIR=None):
         for label, bf16 in kinds:
             firsts = []
             for _ in range(2):  # 1st: empty kernel cache; 2nd: a later job (fresh graph, cache filled)
@@ -325,12 +317,6 @@ def bench_compile(tmp: Path, size: int, results: dict) -> str:
             rows.append([f"engine, PyTorch {label}, compiled", f"{firsts[0] - secs:.0f}", f"{firsts[1] - secs:.0f}",
                          f"{secs:.1f}", f"{mp / secs:.3f}", f"{eager / secs:.2f}x", f"{loop / eager:.2f}x",
                          f"{loop / secs:.2f}x", f"{agree:.4f}"])
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     results["compile"] = figures
     return (table(f"1c. runtime 'compile' (torch.compile, inductor), engine tile 512/64 batch 4, {size}x{size} px "
                   f"(best of {REPEAT}, loop / eager / compiled round-robin)",

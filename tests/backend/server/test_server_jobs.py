@@ -144,8 +144,9 @@ def test_server_job_manager_close_cancels_everything(test_kinds, helpers, out_ro
     assert not (out_root / "r").exists()  # made for the job, removed with its partial files
 
 
-def test_idle_work_runs_once_the_queue_is_empty_and_jobs_queued_meanwhile_wait_saying_why(test_kinds, helpers,
-                                                                                         out_root):
+def _manager_with_held_idle_work(helpers, out_root):
+    """(JobManager, calls, release, submit): its idle work records the jobs run so far (calls) and holds the
+    worker until `release` is set; submit(gate) queues a gated job."""
     import threading
 
     from backend.server.jobs import JobManager
@@ -164,6 +165,12 @@ def test_idle_work_runs_once_the_queue_is_empty_and_jobs_queued_meanwhile_wait_s
         params = {"output_dir": str(out_root / gate), "gate": gate, "name": "gated", "source": None}
         return manager.submit("gated", params, validate_job_paths(params))
 
+    return manager, calls, release, submit
+
+
+def test_idle_work_runs_once_the_queue_is_empty_and_jobs_queued_meanwhile_wait_saying_why(test_kinds, helpers,
+                                                                                         out_root):
+    manager, calls, release, submit = _manager_with_held_idle_work(helpers, out_root)
     try:
         for gate in ("a", "b", "c"):
             helpers.gate(gate)
@@ -190,26 +197,13 @@ def test_idle_work_runs_once_the_queue_is_empty_and_jobs_queued_meanwhile_wait_s
 
 def test_idle_work_asked_for_before_any_job_runs_at_once_and_a_job_submitted_meanwhile_waits(test_kinds, helpers,
                                                                                               out_root):
-    import threading
-
-    from backend.server.jobs import JobManager
-    from backend.server.paths import validate_job_paths
-
-    calls, release = [], threading.Event()
-
-    def idle_work():
-        calls.append(list(helpers.run_log))
-        assert release.wait(30)
-        return "a stand-in for OpenVINO"
-
-    manager = JobManager(idle_work=idle_work)
+    manager, calls, release, submit = _manager_with_held_idle_work(helpers, out_root)
     try:
         assert not manager.preparing() and not calls  # nothing asked, no job: the worker waits
         manager.prepare_while_idle()  # what the server's start asks when an earlier backend ran a CPU job
         assert helpers.wait_for(lambda: len(calls) == 1) and calls[0] == [] and manager.preparing()
         helpers.gate("a").set()
-        params = {"output_dir": str(out_root / "a"), "gate": "a", "name": "gated", "source": None}
-        job = manager.submit("gated", params, validate_job_paths(params))
+        job = submit("a")
         assert not helpers.started["a"].wait(0.3)
         assert "preparing OpenVINO" in manager.get(job.id)["message"]
         release.set()
